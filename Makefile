@@ -1,0 +1,67 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Both run `make setup` first.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+PIP   := $(VENV)/bin/pip
+# The venv is made from Debian's interpreter: the Triton python-backend stub in the
+# nvidia-pytriton wheel links the system libpython3.11, and GStreamer's python3-gi is built for it.
+SYSTEM_PYTHON := /usr/bin/python3
+
+# Debian packages the demo and the tests start for real (see DESIGN.md, "Real parts").
+APT_PACKAGES := python3-venv python3-dev python3-gi gir1.2-gst-rtsp-server-1.0 \
+	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad \
+	gstreamer1.0-tools opencv-doc ffmpeg mosquitto mosquitto-clients prometheus prometheus-node-exporter \
+	chromium chromium-driver postgresql libb64-0d \
+	systemd-container debootstrap apt-cacher-ng iproute2 openssh-client bridge-utils
+
+EXTRAS := server,fleet,review,cloud,dev
+
+.PHONY: setup apt venv demo test lint test-fast clean clean-hosts lock bench
+
+setup: apt venv
+
+apt: $(VENV)/.apt-stamp
+$(VENV)/.apt-stamp:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "apt-get install:" $$missing; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@# Debian starts some of these as services; the tests start their own on 127.0.0.1.
+	-@systemctl disable --now mosquitto prometheus prometheus-node-exporter apt-cacher-ng postgresql >/dev/null 2>&1 || true
+	@mkdir -p $(VENV) && touch $@
+
+venv: $(VENV)/.pip-stamp
+$(VENV)/.pip-stamp: pyproject.toml constraints.txt | $(VENV)/.apt-stamp
+	test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip==26.3 wheel==0.48.0 setuptools==84.2.1
+	$(PIP) install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	touch $@
+
+# Re-pin every dependency after changing pyproject.toml.
+lock:
+	$(PIP) freeze --exclude-editable | grep -v '^-e ' > constraints.txt
+
+demo: setup
+	$(VENV)/bin/edgecv demo
+
+lint: setup
+	$(VENV)/bin/ruff check app fleet tests bench pulumi models
+	$(VENV)/bin/yamllint -s .
+	@if ls roles/*/tasks/main.yml >/dev/null 2>&1; then $(VENV)/bin/ansible-lint --profile production -q; fi
+
+test: setup lint
+	$(VENV)/bin/pytest
+
+test-fast: setup
+	$(VENV)/bin/pytest -m "not slow"
+
+bench: setup
+	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+clean-hosts:
+	-$(PY) -m tests.ansible.hosts cleanup 2>/dev/null || true
+
+clean: clean-hosts
+	rm -rf $(VENV) .pytest_cache .ruff_cache

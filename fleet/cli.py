@@ -1,0 +1,74 @@
+"""The `edgecv` command: sub-commands by noun, each imported only when used (start-up stays fast)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import click
+
+# noun -> "module:attribute" of a click command or group.
+COMMANDS = {
+    "validate": "fleet.cli:validate",
+    "gates": "fleet.gates_cli:gates",
+    "triton": "fleet.triton:triton",
+    "app": "app.cli:app_group",
+    "evidence": "app.evidence_cli:evidence",
+    "rollout": "fleet.rollout_cli:rollout",
+    "review": "fleet.review.cli:review",
+    "retrain": "fleet.retrain:retrain",
+    "models": "fleet.models_cli:models",
+    "cost": "fleet.cost:cost",
+    "telemetry": "app.telemetry_cli:telemetry",
+    "demo": "fleet.demo:demo",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(n for n in COMMANDS if self._available(n))
+
+    @staticmethod
+    def _available(name: str) -> bool:
+        module = COMMANDS[name].split(":")[0]
+        try:
+            return importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # a parent package that does not exist yet
+            return False
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS or not self._available(name):
+            return None
+        module, attr = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgecv-fleet")
+def main() -> None:
+    """edgecv: take an edge CV model from a pull request to a Jetson fleet."""
+
+
+@click.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+def validate(paths: tuple[Path, ...]) -> None:
+    """Check model manifests (models/*/manifest.yaml) and fleet files (fleets/*.yaml).
+
+    With no PATHS, checks everything under models/ and fleets/. Prints one
+    problem per line as FILE:LINE: FIELD: MESSAGE and exits 1 if any.
+    """
+    from fleet.validation import validate_paths
+
+    files, problems = validate_paths(list(paths))
+    for p in problems:
+        click.echo(str(p), err=True)
+    if problems:
+        click.echo(f"{len(problems)} problem(s) in {len(files)} file(s)", err=True)
+        sys.exit(1)
+    click.echo(f"ok: {len(files)} file(s) valid")
+
+
+if __name__ == "__main__":
+    main()
