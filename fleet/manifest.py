@@ -5,7 +5,7 @@ Every field is validated; unknown keys are errors so that typos never pass silen
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,7 +34,7 @@ PositiveMs = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-class TensorDType(str, Enum):
+class TensorDType(StrEnum):
     FP32 = "FP32"
     FP16 = "FP16"
     UINT8 = "UINT8"
@@ -229,7 +229,7 @@ class ConfidenceHistogram(Strict):
     def _consistent(self) -> ConfidenceHistogram:
         if len(self.counts) != len(self.edges) - 1:
             raise ValueError("counts must have one entry fewer than edges")
-        if any(b <= a for a, b in zip(self.edges, self.edges[1:])):
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
             raise ValueError("edges must increase strictly")
         if sum(self.counts) == 0:
             raise ValueError("counts must not all be zero")
@@ -304,7 +304,7 @@ def parse_manifest(source: Any) -> ModelManifest:
 
 def load_manifest(path: str | Path) -> ModelManifest:
     """Load and validate one manifest file; raises fleet.validation.ValidationFailed with every problem."""
-    from fleet.validation import check_file, ValidationFailed
+    from fleet.validation import ValidationFailed, check_file
 
     manifest, problems = check_file(Path(path))
     if problems:
