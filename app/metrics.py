@@ -59,6 +59,9 @@ class Metrics:
         self.alerts_published = Counter(
             "edgecv_alerts_published_total", "Alerts acknowledged by the broker (QoS 1)", registry=r
         )
+        self.alerts_dropped = Counter(
+            "edgecv_alerts_dropped_total", "Alerts dropped because the spool was full", registry=r
+        )
         self.alerts_spooled = Gauge("edgecv_alert_spool_depth", "Alerts waiting on disk for the broker", registry=r)
         self.mqtt_connected = Gauge("edgecv_mqtt_connected", "1 when connected to the MQTT broker", registry=r)
         self.model_info = Gauge("edgecv_model_info", "The model served", ["model", "version"], registry=r)
