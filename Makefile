@@ -14,7 +14,7 @@ APT_PACKAGES := python3-venv python3-dev python3-gi gir1.2-gst-rtsp-server-1.0 \
 	chromium chromium-driver postgresql libb64-0d \
 	systemd-container debootstrap apt-cacher-ng iproute2 openssh-client bridge-utils
 
-EXTRAS := server,fleet,review,cloud,dev
+EXTRAS := server,fleet,review,cloud,train,dev
 
 .PHONY: setup apt venv demo test lint test-fast clean clean-hosts lock bench
 
