@@ -1,0 +1,265 @@
+"""The device app's configuration: one YAML file, validated with pydantic; errors point at file:line: field.
+
+    site_id: site-a
+    device_id: jetson-01
+    manifest: ../models/nanodet-m/manifest.yaml   # relative to this file
+    triton: {url: 127.0.0.1:8001, protocol: grpc, shared_memory: auto}
+    batching: {max_batch: 4, max_delay_ms: 20}     # both default to the manifest's Triton settings
+    cameras:
+      - id: gate
+        url: rtsp://10.0.0.21:554/stream1           # or a video file path (relative to this file), looped
+        fps: 10                                     # cap; frames above it are skipped at the reader
+        zones: [...]; lines: [...]; rules: [...]    # app.rules.RulesConfig, per camera (frame pixels)
+    tracker: {...}                                  # app.tracker.TrackerConfig
+    mqtt: {host: 127.0.0.1, port: 1883}            # omit to keep events local (counted, not sent)
+    metrics: {host: 0.0.0.0, port: 9108}
+    spool_dir: /var/lib/edgecv/spool
+
+Unknown keys are errors everywhere, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from app.rules import NAME, DwellRule, Line, LineCrossingRule, Rule, RulesConfig, Zone, ZoneIntrusionRule
+from app.tracker import TrackerConfig
+from fleet.manifest import ModelManifest
+from fleet.validation import Problem, ValidationFailed, check_file, problems_from_validation
+from fleet.yamlsrc import YamlDoc, YamlSourceError, load_yaml
+
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TritonConfig(_Strict):
+    url: str = Field("127.0.0.1:8001", description="host:port of Triton's gRPC (or HTTP) endpoint")
+    protocol: Literal["grpc", "http"] = "grpc"
+    shared_memory: Literal["auto", "on", "off"] = Field(
+        "auto", description="system shared memory for tensors; auto = on when Triton is on this host"
+    )
+    model_name: str | None = Field(None, description="the model's name in Triton (default: the manifest's name)")
+    max_inflight: Annotated[int, Field(ge=1, le=16)] = 2
+    request_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    ready_timeout_s: Annotated[float, Field(ge=0)] = 120.0
+
+    @field_validator("url")
+    @classmethod
+    def _host_port(cls, url: str) -> str:
+        if "://" in url:
+            raise ValueError("give host:port without a scheme (the protocol field picks grpc or http)")
+        host, _, port = url.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"'{url}' is not host:port")
+        return url
+
+    @property
+    def is_local(self) -> bool:
+        return self.url.rpartition(":")[0] in ("127.0.0.1", "localhost", "::1", "[::1]")
+
+    @property
+    def use_shared_memory(self) -> bool:
+        return self.shared_memory == "on" or (self.shared_memory == "auto" and self.is_local)
+
+
+class BatchingConfig(_Strict):
+    max_batch: Annotated[int, Field(ge=1, le=256)] | None = Field(None, description="default: manifest max_batch_size")
+    max_delay_ms: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="default: manifest dynamic_batching.max_queue_delay_us"
+    )
+
+
+class CameraConfig(_Strict):
+    id: str = Field(pattern=NAME)
+    url: str = Field(description="rtsp://... (or http[s]://) stream, or a video file path (looped)")
+    fps: Annotated[float, Field(gt=0, le=120)] | None = Field(None, description="cap; default: the source's rate")
+    open_timeout_ms: Annotated[int, Field(ge=100)] = 5000
+    read_timeout_ms: Annotated[int, Field(ge=100)] = 3000
+    zones: list[Zone] = Field(default_factory=list)
+    lines: list[Line] = Field(default_factory=list)
+    rules: list[Rule] = Field(default_factory=list)
+
+    @property
+    def is_stream(self) -> bool:
+        return self.url.startswith(STREAM_SCHEMES)
+
+    @model_validator(mode="after")
+    def _rule_references(self) -> CameraConfig:
+        RulesConfig(zones=self.zones, lines=self.lines, rules=self.rules)  # duplicate names, unknown zone/line
+        return self
+
+    @property
+    def rules_config(self) -> RulesConfig:
+        return RulesConfig(zones=self.zones, lines=self.lines, rules=self.rules)
+
+
+class MqttConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(gt=0, lt=65536)] = 1883
+    username: str | None = None
+    password: str | None = None
+    tls_ca: str | None = None
+    window: Annotated[int, Field(ge=1)] = 32
+
+
+class MetricsConfig(_Strict):
+    host: str = "0.0.0.0"
+    port: Annotated[int, Field(ge=0, lt=65536)] = Field(9108, description="0 picks a free port")
+
+
+class AppConfig(_Strict):
+    site_id: str = Field(pattern=NAME)
+    device_id: str = Field(pattern=NAME)
+    manifest: Path
+    triton: TritonConfig = TritonConfig()
+    batching: BatchingConfig = BatchingConfig()
+    cameras: list[CameraConfig] = Field(min_length=1)
+    tracker: TrackerConfig = TrackerConfig()
+    mqtt: MqttConfig | None = None
+    metrics: MetricsConfig = MetricsConfig()
+    spool_dir: Path = Path("/var/lib/edgecv/spool")
+
+    @field_validator("cameras")
+    @classmethod
+    def _unique_ids(cls, cams: list[CameraConfig]) -> list[CameraConfig]:
+        ids = [c.id for c in cams]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate camera ids: {', '.join(dupes)}")
+        return cams
+
+
+@dataclass
+class Resolved:
+    """A validated config with everything it refers to loaded: what the pipeline runs from."""
+
+    config: AppConfig
+    manifest: ModelManifest
+    max_batch: int
+    max_delay_s: float
+    source: Path | None = None
+
+    @property
+    def model_name(self) -> str:
+        return self.config.triton.model_name or self.manifest.name
+
+
+def _rel(base: Path, p: Path | str) -> Path:
+    p = Path(p)
+    return p if p.is_absolute() else (base / p)
+
+
+def check_references(doc: YamlDoc, cfg: AppConfig) -> tuple[Resolved | None, list[Problem]]:
+    """What the schema alone cannot check: the manifest loads, files exist, rules name the model's classes."""
+    base = doc.path.parent
+    problems: list[Problem] = []
+
+    def problem(loc: tuple, field: str, msg: str) -> None:
+        problems.append(Problem(doc.path, doc.line_of(loc), field, msg))
+
+    manifest_path = _rel(base, cfg.manifest)
+    manifest = None
+    if not manifest_path.is_file():
+        problem(("manifest",), "manifest", f"file not found: {manifest_path}")
+    else:
+        manifest, mproblems = check_file(manifest_path)
+        for mp in mproblems:
+            problem(("manifest",), "manifest", f"invalid manifest: {mp}")
+        manifest = None if mproblems else manifest
+
+    for i, cam in enumerate(cfg.cameras):
+        if not cam.is_stream and "://" in cam.url and not cam.url.startswith("file://"):
+            problem(("cameras", i, "url"), f"cameras[{i}].url", f"unsupported scheme in '{cam.url}' (rtsp, http, file)")
+        elif not cam.is_stream and not _rel(base, cam.url.removeprefix("file://")).is_file():
+            problem(("cameras", i, "url"), f"cameras[{i}].url", f"video file not found: {_rel(base, cam.url)}")
+        if manifest is not None:
+            for j, rule in enumerate(cam.rules):
+                unknown = [c for c in rule.classes if c not in manifest.classes]
+                if unknown:
+                    problem(
+                        ("cameras", i, "rules", j, "classes"),
+                        f"cameras[{i}].rules[{j}].classes",
+                        f"unknown classes {unknown} (the model has: {manifest.classes})",
+                    )
+    if manifest is None:
+        return None, problems
+
+    max_batch = cfg.batching.max_batch or manifest.triton.max_batch_size
+    if max_batch > manifest.triton.max_batch_size:
+        problem(
+            ("batching", "max_batch"),
+            "batching.max_batch",
+            f"{max_batch} exceeds the model's max_batch_size {manifest.triton.max_batch_size}",
+        )
+    delay_ms = cfg.batching.max_delay_ms
+    if delay_ms is None:
+        delay_ms = manifest.triton.dynamic_batching.max_queue_delay_us / 1000.0
+    if problems:
+        return None, problems
+    return Resolved(config=cfg, manifest=manifest, max_batch=max_batch, max_delay_s=delay_ms / 1000.0, source=doc.path), []
+
+
+_RULE_KINDS = re.compile(r"(rules\[\d+\])\.(?:zone_intrusion|line_crossing|dwell)\b")
+
+
+def _without_rule_kind(doc: YamlDoc, p: Problem) -> Problem:
+    # pydantic puts the rule's discriminator (its kind) into the error path; the YAML has no such key.
+    field = _RULE_KINDS.sub(r"\1", p.field)
+    if field == p.field:
+        return p
+    loc = tuple(int(x) if x.isdigit() else x for x in re.findall(r"[^.\[\]]+", field))
+    return Problem(p.path, doc.line_of(loc), field, p.message)
+
+
+def camera_source(resolved: Resolved, cam: CameraConfig) -> str:
+    """The URL or absolute file path to open for a camera (file paths are relative to the config file)."""
+    if cam.is_stream or resolved.source is None:
+        return cam.url
+    return str(_rel(resolved.source.parent, cam.url.removeprefix("file://")))
+
+
+def check_config(path: str | Path) -> tuple[Resolved | None, list[Problem]]:
+    path = Path(path)
+    try:
+        doc = load_yaml(path)
+    except YamlSourceError as exc:
+        return None, [Problem(path, exc.line, "", exc.message)]
+    try:
+        cfg = AppConfig.model_validate(doc.data)
+    except ValidationError as exc:
+        return None, [_without_rule_kind(doc, p) for p in problems_from_validation(doc, exc)]
+    return check_references(doc, cfg)
+
+
+def load_config(path: str | Path) -> Resolved:
+    """Load, validate and resolve an app config; raises ValidationFailed listing every problem."""
+    resolved, problems = check_config(path)
+    if problems:
+        raise ValidationFailed(problems)
+    assert resolved is not None
+    return resolved
+
+
+__all__ = [
+    "AppConfig",
+    "BatchingConfig",
+    "CameraConfig",
+    "DwellRule",
+    "LineCrossingRule",
+    "MetricsConfig",
+    "MqttConfig",
+    "Resolved",
+    "TritonConfig",
+    "ZoneIntrusionRule",
+    "camera_source",
+    "check_config",
+    "load_config",
+]

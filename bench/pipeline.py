@@ -1,0 +1,289 @@
+"""Pipeline throughput and overhead: our batched shared-memory gRPC path against a naive baseline, same run.
+
+    .venv/bin/python bench/pipeline.py [--seconds 6] [--streams 1,4,8] [--latency-out reports/bench-pipeline-latency.json]
+
+What is measured: the whole app pipeline (preprocess into the batch buffer, batching, Triton round trip,
+decode + NMS, tracking, rules) fed by synthetic cameras that always have a fresh 768x576 frame, against a
+Triton model that answers at once: a python-backend model with the same tensor names and shapes as NanoDet
+that returns NanoDet's real output for the sample frame (computed once with onnxruntime), so decoding,
+tracking and rules see realistic detections while the model's compute is left out.
+
+- ours:     gRPC, system shared memory registered once, cross-camera batches up to 8 (2 ms deadline),
+            2 requests in flight;
+- baseline: one HTTP request per frame, batch 1, tensors serialised in the request/response bodies,
+            one request at a time.
+
+Reported per stream count: frames/s of each and their ratio, and the pipeline's own CPU time per frame
+(this process, pinned to one core; Triton runs in its own process on the other cores). Goals: >= 3x the
+baseline's throughput at 8 streams, <= 3 ms of CPU per frame.
+
+Last, a short run of the real NanoDet (2 cameras at 10 fps, our path) writes the per-stage p50/p95 latency
+JSON that `edgecv gates --latency` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from app.capture import FrameSlot  # noqa: E402
+from app.config import AppConfig, Resolved  # noqa: E402
+from app.metrics import Metrics  # noqa: E402
+from app.pipeline import Pipeline  # noqa: E402
+from app.types import Frame  # noqa: E402
+from fleet.manifest import DynamicBatching, ModelManifest, load_manifest  # noqa: E402
+
+MANIFEST = REPO / "models" / "nanodet-m" / "manifest.yaml"
+
+# A python-backend model that returns recorded outputs at once (tensors through DLPack: the wheel's stub
+# cannot pass numpy 2 arrays directly; see fleet/triton_python_model.py).
+ECHO_MODEL = '''
+import ctypes, json, os
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+_set_destructor = ctypes.pythonapi.PyCapsule_SetDestructor
+_set_destructor.argtypes = [ctypes.py_object, ctypes.c_void_p]
+
+
+def _tensor(name, array):
+    capsule = array.__dlpack__()
+    _set_destructor(capsule, None)  # the backend owns it now
+    return pb_utils.Tensor.from_dlpack(name, capsule)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        cfg = json.loads(args["model_config"])
+        self.input = cfg["input"][0]["name"]
+        recorded = np.load(os.path.join(args["model_repository"], args["model_version"], "outputs.npz"))
+        batch = int(cfg["max_batch_size"])
+        # One image's outputs repeated max_batch times; a request of n images gets the first n (contiguous).
+        self.outputs = {o["name"]: np.ascontiguousarray(np.repeat(recorded[o["name"].replace(":", "_")], batch, 0))
+                        for o in cfg["output"]}
+
+    def execute(self, requests):
+        responses = []
+        for r in requests:
+            n = pb_utils.get_input_tensor_by_name(r, self.input).shape()[0]
+            responses.append(pb_utils.InferenceResponse([_tensor(k, v[:n]) for k, v in self.outputs.items()]))
+        return responses
+'''
+
+
+def sample_frame() -> np.ndarray:
+    import cv2
+
+    from fleet.local.rtsp import sample_video
+
+    cap = cv2.VideoCapture(str(sample_video()))
+    for _ in range(100):  # a frame with people in it
+        ok, frame = cap.read()
+    cap.release()
+    if not ok:
+        raise SystemExit("cannot read the sample video")
+    return frame
+
+
+def echo_repository(manifest: ModelManifest, frame: np.ndarray, out: Path) -> Path:
+    """A model repository serving `manifest`'s tensors with NanoDet's real output for `frame`, instantly."""
+    import onnxruntime as ort
+
+    from app.preprocess import Preprocessor
+    from fleet.triton import render_config
+
+    pre = Preprocessor(manifest.input, 1)
+    pre.write(0, frame)
+    session = ort.InferenceSession(str(manifest.artifact.local_path()), providers=["CPUExecutionProvider"])
+    names = [o.name for o in manifest.outputs]
+    outputs = session.run(names, {manifest.input.name: pre.batch(1)})
+    # Our client batches itself: no server-side queue delay for either path.
+    served = manifest.model_copy(
+        update={"triton": manifest.triton.model_copy(update={"dynamic_batching": DynamicBatching(max_queue_delay_us=0)})}
+    )
+    version = out / manifest.name / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    np.savez(version / "outputs.npz", **{n.replace(":", "_"): o for n, o in zip(names, outputs, strict=True)})
+    (version / "model.py").write_text(ECHO_MODEL)
+    (out / manifest.name / "config.pbtxt").write_text(render_config(served, "python"))
+    return out
+
+
+class SyntheticCamera:
+    """A camera for benchmarks: `fps=None` always has a fresh frame; otherwise a thread delivers at fps."""
+
+    def __init__(self, camera_id: str, image: np.ndarray, fps: float | None = None):
+        self.camera_id, self.image, self.fps = camera_id, image, fps
+        self.on_frame = None
+        self.up = True
+        self.slot = FrameSlot()
+        self._seq = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _frame(self) -> Frame:
+        self._seq += 1
+        return Frame(self.camera_id, self._seq, time.time(), self.image, time.monotonic())
+
+    def take(self) -> Frame | None:
+        return self._frame() if self.fps is None else self.slot.take()
+
+    def start(self) -> SyntheticCamera:
+        if self.fps is not None:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        t0, k = time.monotonic(), 0
+        while not self._stop.wait(max(0.0, t0 + k / self.fps - time.monotonic())):
+            self.slot.put(self._frame())
+            k += 1
+            if self.on_frame:
+                self.on_frame()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(2)
+
+
+def resolved_for(manifest: ModelManifest, cameras: list[str], url: str, *, protocol: str, shm: str, batch: int,
+                 inflight: int, delay_ms: float) -> Resolved:
+    zone = {"name": "all", "polygon": [[0, 0], [10000, 0], [10000, 10000], [0, 10000]]}
+    cfg = AppConfig.model_validate({
+        "site_id": "bench", "device_id": "bench", "manifest": str(MANIFEST),
+        "triton": {"url": url, "protocol": protocol, "shared_memory": shm, "max_inflight": inflight},
+        "batching": {"max_batch": batch, "max_delay_ms": delay_ms},
+        "cameras": [{"id": c, "url": "rtsp://bench/" + c, "zones": [zone], "rules": [
+            {"name": "person", "kind": "zone_intrusion", "zone": "all", "classes": ["person"], "cooldown_s": 3600}]}
+            for c in cameras],
+    })
+    return Resolved(cfg, manifest, batch, delay_ms / 1000.0)
+
+
+def measure(resolved: Resolved, sources: list, warmup_s: float, seconds: float) -> dict:
+    pipe = Pipeline(resolved, Metrics(), sources=sources)
+    pipe.start(ready_timeout_s=60)
+    try:
+        end = time.monotonic() + warmup_s
+        while time.monotonic() < end:
+            pipe.step()
+        f0, c0, t0 = pipe.frames_processed, time.process_time(), time.monotonic()
+        end = t0 + seconds
+        while time.monotonic() < end:
+            pipe.step()
+        frames, cpu, wall = pipe.frames_processed - f0, time.process_time() - c0, time.monotonic() - t0
+    finally:
+        pipe.drain()
+    return {
+        "fps": frames / wall,
+        "cpu_ms_per_frame": 1000 * cpu / max(frames, 1),
+        "dropped": pipe.frames_dropped,
+        "events": pipe.events_sent,
+        "latency": pipe.recorder.percentiles(),
+        "pipeline": pipe,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=6.0, help="measured seconds per configuration")
+    ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--streams", default="1,4,8")
+    ap.add_argument("--real-seconds", type=float, default=10.0, help="real-model run for the latency JSON (0: skip)")
+    ap.add_argument("--latency-out", type=Path, default=REPO / "reports" / "bench-pipeline-latency.json")
+    ap.add_argument("--json-out", type=Path, default=None, help="also write every figure here")
+    args = ap.parse_args()
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from app.latency import write_report
+    from fleet.local.triton import triton
+    from fleet.triton import render
+
+    console = Console()
+    manifest = load_manifest(MANIFEST)
+    frame = sample_frame()
+    streams = [int(s) for s in args.streams.split(",")]
+    results: dict = {"frame": list(frame.shape), "streams": {}}
+    with tempfile.TemporaryDirectory(prefix="edgecv-bench-") as tmp:
+        repo = echo_repository(manifest, frame, Path(tmp) / "echo")
+        with triton(repo, [manifest.name], workdir=Path(tmp) / "server-echo") as server:
+            # The server (already started) keeps every core; this process (the pipeline) gets one.
+            core = sorted(os.sched_getaffinity(0))[-1]
+            os.sched_setaffinity(0, {core})
+            console.print(f"pipeline pinned to CPU {core}; Triton (echo model) pid {server.proc.pid}; "
+                          f"frames {frame.shape[1]}x{frame.shape[0]}")
+            for n in streams:
+                cams = [f"cam{i}" for i in range(n)]
+                row = {}
+                for name, kw in (
+                    ("ours", {"protocol": "grpc", "shm": "on", "batch": 8, "inflight": 2, "delay_ms": 2.0}),
+                    ("baseline", {"protocol": "http", "shm": "off", "batch": 1, "inflight": 1, "delay_ms": 0.0}),
+                ):
+                    url = server.grpc_url if kw["protocol"] == "grpc" else server.http_url
+                    r = measure(resolved_for(manifest, cams, url, **kw), [SyntheticCamera(c, frame) for c in cams],
+                                args.warmup, args.seconds)
+                    r.pop("pipeline")
+                    row[name] = r
+                    console.print(f"  {n} stream(s) {name:8s}: {r['fps']:7.1f} frames/s, "
+                                  f"{r['cpu_ms_per_frame']:.2f} ms CPU/frame")
+                row["ratio"] = row["ours"]["fps"] / row["baseline"]["fps"]
+                results["streams"][n] = row
+            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+
+        table = Table(title="pipeline throughput and overhead (echo model: no model compute)")
+        for col in ("streams", "ours fps", "baseline fps", "ratio", "ours CPU ms/frame", "baseline CPU ms/frame"):
+            table.add_column(col, justify="right")
+        for n, row in results["streams"].items():
+            table.add_row(str(n), f"{row['ours']['fps']:.1f}", f"{row['baseline']['fps']:.1f}", f"{row['ratio']:.2f}x",
+                          f"{row['ours']['cpu_ms_per_frame']:.2f}", f"{row['baseline']['cpu_ms_per_frame']:.2f}")
+        console.print(table)
+        top = results["streams"][max(results["streams"])]
+        worst_cpu = max(row["ours"]["cpu_ms_per_frame"] for row in results["streams"].values())
+        results["goals"] = {
+            "throughput_ratio_at_max_streams": round(top["ratio"], 2),
+            "throughput_goal_met": top["ratio"] >= 3.0,
+            "max_cpu_ms_per_frame": round(worst_cpu, 2),
+            "overhead_goal_met": worst_cpu <= 3.0,
+        }
+        console.print(f"ratio at {max(results['streams'])} streams: {top['ratio']:.2f}x (goal >= 3x: "
+                      f"{'met' if top['ratio'] >= 3 else 'NOT met'}); pipeline CPU per frame <= {worst_cpu:.2f} ms "
+                      f"(goal <= 3 ms: {'met' if worst_cpu <= 3 else 'NOT met'})")
+
+        if args.real_seconds > 0:
+            real_repo = Path(tmp) / "real"
+            render(manifest, real_repo, "python")
+            with triton(real_repo, [manifest.name], workdir=Path(tmp) / "server-real") as server:
+                cams = ["cam0", "cam1"]
+                r = measure(
+                    resolved_for(manifest, cams, server.grpc_url, protocol="grpc", shm="on", batch=4, inflight=2,
+                                 delay_ms=20.0),
+                    [SyntheticCamera(c, frame, fps=10) for c in cams], 2.0, args.real_seconds,
+                )
+            report = r["pipeline"].recorder.report()
+            write_report(report, args.latency_out)
+            results["real_model"] = {"fps": r["fps"], "latency": report["stages"]}
+            console.print(f"real NanoDet, 2 cameras at 10 fps: {r['fps']:.1f} frames/s; latency JSON -> "
+                          f"{args.latency_out}")
+            console.print(json.dumps(report["stages"]))
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(results, indent=2, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main()
