@@ -1,0 +1,174 @@
+"""The analysis at the end of a soak: PromQL checks on the upgraded devices against the baseline.
+
+Devices are told apart by a `device` label holding the balena device uuid, which the scrape (target
+labels / relabelling) or the device's remote-write (external_labels) adds to every series. The baseline
+is the devices still on the previous release. Too little data is "inconclusive" (the rollout waits), never
+"pass"; a ratio to the baseline is skipped when no baseline device has data (e.g. the last wave).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from string import Template
+
+import requests
+
+from fleet.fleetspec import Analysis, Check, format_duration
+from fleet.manifest import ModelManifest
+
+VERDICTS = ("pass", "fail", "inconclusive")
+
+
+@dataclass(frozen=True)
+class AnalysisRequest:
+    stage: str
+    devices: tuple[str, ...]  # uuids of upgraded, ready devices
+    baseline: tuple[str, ...]  # uuids of online devices on the previous release
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    verdict: str  # pass / fail / inconclusive / skipped
+    value: float | None
+    baseline: float | None
+    samples: float | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    stage: str
+    verdict: str
+    checks: tuple[CheckResult, ...]
+    at: datetime
+    devices: int = 0
+    baseline_devices: int = 0
+
+    def summary(self) -> str:
+        return json.dumps({"stage": self.stage, "verdict": self.verdict, "at": self.at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                           "devices": self.devices, "baseline": self.baseline_devices,
+                           "checks": {c.name: f"{c.verdict}: {c.detail}" for c in self.checks}},
+                          separators=(",", ":"))
+
+    def failures(self) -> list[CheckResult]:
+        return [c for c in self.checks if c.verdict == "fail"]
+
+
+def combine(checks: list[CheckResult]) -> str:
+    verdicts = {c.verdict for c in checks}
+    if "fail" in verdicts:
+        return "fail"
+    return "inconclusive" if "inconclusive" in verdicts else "pass"
+
+
+def budget_ms(manifests: list[ModelManifest], stage: str) -> float:
+    """The strictest budget among the release's models."""
+    return min(m.latency_budget_ms.as_dict()[stage] for m in manifests)
+
+
+def device_regex(uuids: tuple[str, ...]) -> str:
+    return "|".join(re.escape(u) for u in sorted(uuids))
+
+
+class PromQLError(RuntimeError):
+    pass
+
+
+class Prometheus:
+    """Instant queries over HTTP; POST so that long device lists fit."""
+
+    def __init__(self, base_url: str, timeout_s: float = 30.0, session: requests.Session | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.session = session or requests.Session()
+
+    def scalar(self, promql: str, at: datetime | None = None) -> float | None:
+        """The single value of an aggregating query; None when it returns no series."""
+        data = {"query": promql}
+        if at is not None:
+            data["time"] = f"{at.timestamp():.3f}"
+        try:
+            r = self.session.post(f"{self.base_url}/api/v1/query", data=data, timeout=self.timeout_s)
+            body = r.json()
+        except (requests.RequestException, ValueError) as exc:
+            raise PromQLError(f"Prometheus at {self.base_url} unreachable: {exc}") from exc
+        if body.get("status") != "success":
+            raise PromQLError(f"PromQL error for {promql[:120]!r}: {body.get('error')}")
+        result = body["data"]["result"]
+        if not result:
+            return None
+        if len(result) > 1:
+            raise PromQLError(f"query returned {len(result)} series, expected one (aggregate it): {promql[:120]!r}")
+        value = float(result[0]["value"][1])
+        return None if value != value else value  # NaN (e.g. a quantile of nothing) is no data
+
+
+class Analyzer:
+    def __init__(self, prometheus: Prometheus, analysis: Analysis, manifests: list[ModelManifest]):
+        self.prom, self.analysis, self.manifests = prometheus, analysis, manifests
+
+    def run(self, req: AnalysisRequest, at: datetime) -> AnalysisResult:
+        """at: when the analysis is taken (the planner's now); queries are evaluated at Prometheus' now."""
+        checks = []
+        for check in self.analysis.checks:
+            try:
+                checks.append(self._check(check, req))
+            except PromQLError as exc:
+                checks.append(CheckResult(check.name, "inconclusive", None, None, None, str(exc)[:200]))
+        return AnalysisResult(req.stage, combine(checks), tuple(checks), at, len(req.devices), len(req.baseline))
+
+    def _query(self, template: str, uuids: tuple[str, ...]) -> float | None:
+        window = format_duration(self.analysis.window)
+        return self.prom.scalar(Template(template).safe_substitute(devices=device_regex(uuids), window=window))
+
+    def _check(self, check: Check, req: AnalysisRequest) -> CheckResult:
+        min_samples = check.min_samples if check.min_samples is not None else self.analysis.min_samples
+        if not req.devices:
+            return CheckResult(check.name, "inconclusive", None, None, None, "no upgraded device ready")
+        samples = self._query(check.samples, req.devices) if check.samples else None
+        if check.samples and (samples or 0) < min_samples:
+            return CheckResult(check.name, "inconclusive", None, None, samples,
+                               f"{samples or 0:.0f} samples < {min_samples}")
+        value = self._query(check.query, req.devices)
+        if value is None:
+            if check.no_data == "inconclusive":
+                return CheckResult(check.name, "inconclusive", None, None, samples, "no data")
+            value = 0.0
+        base = self._baseline(check, req, min_samples)
+        problems, notes = self._thresholds(check, value, base)
+        verdict = "fail" if problems else "pass"
+        detail = "; ".join(problems or notes) or f"{value:.4g}"
+        return CheckResult(check.name, verdict, value, base, samples, detail)
+
+    def _baseline(self, check: Check, req: AnalysisRequest, min_samples: int) -> float | None:
+        if check.max_vs_baseline is None and check.min_vs_baseline is None or not req.baseline:
+            return None
+        if check.samples and (self._query(check.samples, req.baseline) or 0) < min_samples:
+            return None
+        return self._query(check.query, req.baseline)
+
+    def _thresholds(self, check: Check, value: float, base: float | None) -> tuple[list[str], list[str]]:
+        problems, notes = [], []
+        limit = check.max
+        if isinstance(limit, str):
+            limit = budget_ms(self.manifests, limit.removeprefix("budget."))
+        if limit is not None:
+            (problems if value > limit else notes).append(f"{value:.4g} {'>' if value > limit else '<='} {limit:.4g}")
+        if check.min is not None:
+            (problems if value < check.min else notes).append(
+                f"{value:.4g} {'<' if value < check.min else '>='} {check.min:.4g}")
+        for factor, worse in ((check.max_vs_baseline, lambda v, b: v > b), (check.min_vs_baseline, lambda v, b: v < b)):
+            if factor is None:
+                continue
+            if base is None:
+                notes.append("no baseline data: ratio skipped")
+                continue
+            bound = base * factor
+            bad = worse(value, bound)
+            (problems if bad else notes).append(f"{value:.4g} vs baseline {base:.4g} x {factor:g}"
+                                                + (" (worse)" if bad else ""))
+        return problems, notes

@@ -1,0 +1,136 @@
+"""The API double answers the real SDK the way the balena API does: queries parsed, server rules enforced."""
+
+from __future__ import annotations
+
+import pytest
+from balena.exceptions import RequestError
+
+from fleet.rollout.balena_client import BalenaUnavailable, RetryPolicy, connect, transport
+from tests.balena_double import BalenaDouble
+from tests.balena_double.odata import In, ODataError, parse_filter, parse_query
+
+
+@pytest.fixture
+def fleet(api: BalenaDouble):
+    s = api.store
+    app = s.add_application("acme/edgecv")
+    other = s.add_application("acme/other")
+    good = s.add_release(app["id"], "a" * 40)
+    failed = s.add_release(app["id"], "f" * 40, status="failed")
+    foreign = s.add_release(other["id"], "e" * 40)
+    s.tables["application"][app["id"]]["should_be_running__release"] = good["id"]
+    devs = [s.add_device(app["id"], f"{i:032x}", online=i % 2 == 0, running=good["id"]) for i in range(6)]
+    return {"app": app, "other": other, "good": good, "failed": failed, "foreign": foreign, "devs": devs,
+            "sdk": connect(api.url, api.key, RetryPolicy(attempts=3, backoff_s=0.01))}
+
+
+def test_filters_the_sdk_builds_are_parsed_and_evaluated(api: BalenaDouble, fleet):
+    sdk, devs = fleet["sdk"], fleet["devs"]
+    ids = [d["id"] for d in devs]
+    got = sdk.pine.get({"resource": "device", "options": {
+        "$select": ["uuid"], "$filter": {"$or": [{"is_online": False}, {"id": {"$in": ids[:2]}}]},
+        "$orderby": "id desc", "$top": 3}})
+    assert [g["uuid"] for g in got] == [devs[5]["uuid"], devs[3]["uuid"], devs[1]["uuid"]]
+    assert sdk.pine.get({"resource": "device", "options": {"$count": {"$filter": {"$not": {"is_online": True}}}}}) == 3
+    sdk.models.device.tags.set(devs[2]["uuid"], "edgecv.canary", "it's true")  # a quote, URI-encoded
+    tagged = sdk.pine.get({"resource": "device", "options": {"$select": "id", "$filter": {"device_tag": {"$any": {
+        "$alias": "t", "$expr": {"t": {"tag_key": "edgecv.canary", "value": "it's true"}}}}}}})
+    assert tagged == [{"id": devs[2]["id"]}]
+    app = sdk.models.application.get("ACME/EdgeCV", {"$select": ["id", "slug"]})  # the SDK lower-cases slugs
+    assert app == {"id": fleet["app"]["id"], "slug": "acme/edgecv"}
+    # every request is recorded with its options decoded
+    last = api.requests[-1]
+    assert last.method == "GET" and last.options["$select"] in ("id,slug", "slug,id")
+
+
+def test_expand_with_nested_options_and_navigation_shapes(fleet):
+    sdk = fleet["sdk"]
+    sdk.models.release.tags.set(fleet["good"]["id"], "edgecv.app", "1.0.0")
+    sdk.models.release.tags.set(fleet["good"]["id"], "other", "x")
+    app = sdk.models.application.get(fleet["app"]["id"], {
+        "$select": ["id", "should_be_running__release"],
+        "$expand": {"owns__release": {"$select": ["commit"], "$filter": {"status": "success"},
+                                      "$expand": {"release_tag": {"$select": "value", "$filter": {"tag_key": "edgecv.app"}}}}}})
+    assert app["should_be_running__release"] == {"__id": fleet["good"]["id"]}
+    assert app["owns__release"] == [{"commit": "a" * 40, "release_tag": [{"value": "1.0.0"}]}]
+    dev = sdk.models.device.get(fleet["devs"][0]["uuid"], {"$select": "is_pinned_on__release"})
+    assert dev == {"is_pinned_on__release": None}
+
+
+def test_queries_it_cannot_read_are_refused_with_a_reason(api: BalenaDouble, fleet):
+    sdk = fleet["sdk"]
+    with pytest.raises(RequestError) as err:
+        sdk.pine.get({"resource": "device", "options": {"$select": ["no_such_field"]}})
+    assert err.value.status_code == 400 and "no field 'no_such_field'" in err.value.body
+    with pytest.raises(RequestError) as err:
+        sdk.pine.get({"resource": "device", "options": {"$filter": {"device_name": {"$startswith": "a"}}}})
+    assert err.value.status_code == 400 and "not supported" in err.value.body
+    with pytest.raises(ODataError):
+        parse_filter("id eq")
+    assert parse_filter("id in (1, 2)") == In(parse_filter("id"), (parse_filter("1"), parse_filter("2")))
+    assert parse_query("$select=a,b&$top=2").select == ["a", "b"]
+
+
+def test_a_pin_must_be_a_successful_release_of_the_devices_fleet(fleet):
+    sdk, dev = fleet["sdk"], fleet["devs"][0]
+    for rel in (fleet["failed"], fleet["foreign"]):
+        with pytest.raises(RequestError) as err:
+            sdk.pine.patch({"resource": "device", "id": dev["id"], "body": {"is_pinned_on__release": rel["id"]}})
+        assert err.value.status_code == 400
+    with pytest.raises(RequestError):  # the fleet's own release may not be a failed one either
+        sdk.pine.patch({"resource": "application", "id": fleet["app"]["id"],
+                        "body": {"should_be_running__release": fleet["failed"]["id"]}})
+    sdk.models.device.pin_to_release([d["uuid"] for d in fleet["devs"][:3]], "a" * 40)
+    assert [d["is_pinned_on__release"] for d in fleet["devs"][:4]] == [fleet["good"]["id"]] * 3 + [None]
+
+
+def test_moving_a_device_clears_its_pin_and_invalidating_the_latest_moves_the_fleet(api: BalenaDouble, fleet):
+    sdk, dev, app = fleet["sdk"], fleet["devs"][0], fleet["app"]
+    sdk.models.device.pin_to_release(dev["uuid"], "a" * 40)
+    sdk.pine.patch({"resource": "device", "id": dev["id"], "body": {"belongs_to__application": fleet["other"]["id"]}})
+    assert dev["is_pinned_on__release"] is None and dev["belongs_to__application"] == fleet["other"]["id"]
+    app["should_track_latest_release"] = True
+    newer = api.store.add_release(app["id"], "b" * 40)
+    assert app["should_be_running__release"] == newer["id"]
+    sdk.pine.patch({"resource": "release", "id": newer["id"], "body": {"is_invalidated": True}})
+    assert app["should_be_running__release"] == fleet["good"]["id"]  # an implicit rollback
+
+
+def test_tag_keys_are_unique_and_the_sdk_upserts(api: BalenaDouble, fleet):
+    sdk, dev = fleet["sdk"], fleet["devs"][0]
+    sdk.models.device.tags.set(dev["id"], "k", "1")
+    sdk.models.device.tags.set(dev["id"], "k", "2")
+    assert [(r.method, r.status) for r in api.requests if r.resource == "device_tag"] == [
+        ("POST", 201), ("POST", 409), ("PATCH", 200)]
+    assert sdk.models.device.tags.get(dev["id"], "k") == "2"
+    sdk.models.device.tags.remove(dev["id"], "k")
+    assert sdk.models.device.tags.get_all_by_device(dev["uuid"]) == []
+
+
+def test_a_wrong_api_key_is_refused_and_not_retried(api: BalenaDouble, fleet):
+    sdk = connect(api.url, "wrong", RetryPolicy(attempts=5, backoff_s=0.01))
+    with pytest.raises(RequestError) as err:
+        sdk.models.application.get("acme/edgecv")
+    assert err.value.status_code == 401 and transport(sdk).sent == 1
+
+
+def test_rate_limits_are_retried_after_retry_after_and_bounded(api: BalenaDouble, fleet):
+    waits: list[float] = []
+    sdk = connect(api.url, api.key, RetryPolicy(attempts=4, backoff_s=0.5), sleep=waits.append)
+    api.inject(status=429, retry_after=9, times=2)
+    assert sdk.models.application.get("acme/edgecv", {"$select": "id"})["id"] == fleet["app"]["id"]
+    assert waits == [9.0, 9.0]
+    api.inject(status=503, times=10)  # more than the budget: a clear error, not an endless loop
+    with pytest.raises(BalenaUnavailable, match="HTTP 503 after 4 attempts"):
+        sdk.models.application.get("acme/edgecv")
+    assert waits[2:] == [0.5, 1.0, 2.0]
+
+
+def test_a_slow_answer_times_out_and_is_retried(api: BalenaDouble, fleet):
+    sdk = connect(api.url, api.key, RetryPolicy(attempts=2, backoff_s=0.01, timeout_s=(1.0, 0.3)))
+    api.inject(status=None, delay=1.0, times=1)  # slower than the read timeout, once
+    assert sdk.models.application.get("acme/edgecv", {"$select": "id"})["id"] == fleet["app"]["id"]
+    assert transport(sdk).retried == 1
+    api.inject(status=None, delay=1.0, times=2)
+    with pytest.raises(BalenaUnavailable, match="Timeout"):
+        sdk.models.application.get("acme/edgecv", {"$select": "id"})
