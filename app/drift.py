@@ -3,7 +3,8 @@
 Each statistic compares the recent window with a reference:
 - confidence PSI and (binned) KS against the manifest's reference histogram; mean confidence;
 - prediction entropy: per detection (binary entropy of its score, or of its class distribution
-  when the decoder provides one) and per frame (entropy of the frame's class mix);
+  when the decoder provides one), alarming on a rise above the entropy the reference histogram
+  implies, and per frame (entropy of the frame's class mix);
 - per-class prediction rate shift: PSI of the window's class mix against a frozen baseline window;
 - the human correction rate (corrections per reviewed item, fed by the review service);
 - validation accuracy when a gates run reports one.
@@ -33,7 +34,9 @@ class DriftThresholds(BaseModel):
 
     psi: float = Field(0.2, gt=0, description="0.1 moderate, 0.2 significant shift (industry rule of thumb)")
     ks: float = Field(0.2, gt=0, le=1)
-    detection_entropy: float = Field(0.62, gt=0, description="mean binary entropy in nats (max ln 2 = 0.693)")
+    detection_entropy: float = Field(
+        0.15, gt=0, description="rise of the mean detection entropy (nats) over the reference histogram's"
+    )
     class_shift_psi: float = Field(0.25, gt=0)
     correction_rate: float = Field(0.2, gt=0, le=1)
     min_accuracy_f1: float = Field(0.92, gt=0, le=1)
@@ -156,6 +159,10 @@ class DriftMonitor:
         self.metrics = metrics
         self.on_drift = on_drift
         self.reference = np.asarray(reference.counts, np.float64)
+        # Expected detection entropy under the reference: the entropy alarm is a rise above it.
+        edges = np.asarray(reference.edges, np.float64)
+        centres = (edges[:-1] + edges[1:]) / 2
+        self.reference_entropy = float(np.sum(self.reference / self.reference.sum() * binary_entropy(centres)))
         self.confidence = SlidingHistogram(np.asarray(reference.edges), self.config.window)
         self.det_entropy = SlidingMean(self.config.window)
         self.frame_entropy = SlidingMean(self.config.frame_window)
@@ -227,7 +234,11 @@ class DriftMonitor:
         checks = {
             "psi": (s["psi"], t.psi, enough),
             "ks": (s["ks"], t.ks, enough),
-            "detection_entropy": (s["detection_entropy"], t.detection_entropy, enough),
+            "detection_entropy": (
+                None if s["detection_entropy"] is None else s["detection_entropy"] - self.reference_entropy,
+                t.detection_entropy,
+                enough,
+            ),
             "class_shift_psi": (s["class_shift_psi"], t.class_shift_psi, self.class_baseline is not None),
             "correction_rate": (
                 s["correction_rate"], t.correction_rate, self.corrections.n >= min(self.config.min_samples, 20)
