@@ -14,12 +14,19 @@
     mqtt: {host: 127.0.0.1, port: 1883}            # omit to keep events local (counted, not sent)
     metrics: {host: 0.0.0.0, port: 9108}
     spool_dir: /var/lib/edgecv/spool
+    evidence: {dir: ..., pre_roll_s: 5, post_roll_s: 5, store: {bucket: ..., endpoint_url: ..., region: ...}}
+    drift: {...}          # app.drift.DriftConfig; on whenever the manifest has reference_confidence
+    sampling: {...}       # app.sampling.SamplingConfig; needs review:
+    review: {url: https://review.example, token_env: EDGECV_REVIEW_TOKEN, timeout_s: 5}
 
+evidence, sampling and review are off when absent. Evidence keys in the store are always
+`<site_id>/<device_id>/<event_id>/...` (the device's cloud role only allows that prefix).
 Unknown keys are errors everywhere, so a typo never passes silently.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +34,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from app.drift import DriftConfig
+from app.evidence import EvidenceConfig
 from app.rules import NAME, DwellRule, Line, LineCrossingRule, Rule, RulesConfig, Zone, ZoneIntrusionRule
+from app.sampling import SamplingConfig
 from app.tracker import TrackerConfig
-from fleet.manifest import ModelManifest
+from fleet.manifest import ConfidenceHistogram, ModelManifest
 from fleet.validation import Problem, ValidationFailed, check_file, problems_from_validation
 from fleet.yamlsrc import YamlDoc, YamlSourceError, load_yaml
 
@@ -115,6 +125,49 @@ class MetricsConfig(_Strict):
     port: Annotated[int, Field(ge=0, lt=65536)] = Field(9108, description="0 picks a free port")
 
 
+class EvidenceStoreConfig(_Strict):
+    bucket: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]+[a-z0-9]$")
+    endpoint_url: str | None = Field(None, description="an S3-compatible endpoint (default: AWS)")
+    region: str = "us-east-1"
+    upload_interval_s: Annotated[float, Field(gt=0)] = 5.0
+    shutdown_upload_s: Annotated[float, Field(ge=0)] = Field(
+        5.0, description="at exit, how long a last upload pass may take (what is left goes up at the next start)"
+    )
+
+
+class EvidenceSection(EvidenceConfig):
+    """app.evidence.EvidenceConfig plus where packages are uploaded (absent: kept locally only)."""
+
+    store: EvidenceStoreConfig | None = None
+
+    @property
+    def packager_config(self) -> EvidenceConfig:
+        return EvidenceConfig(**self.model_dump(exclude={"store"}))
+
+
+class DriftSection(DriftConfig):
+    """app.drift.DriftConfig plus how often the alarms are evaluated."""
+
+    enabled: bool = True
+    check_interval_s: Annotated[float, Field(gt=0)] = 1.0
+    reference_confidence: ConfidenceHistogram | None = Field(
+        None, description="used when the manifest has none (the manifest's, written by `edgecv gates`, wins)"
+    )
+
+    @property
+    def monitor_config(self) -> DriftConfig:
+        return DriftConfig(**self.model_dump(exclude={"enabled", "check_interval_s", "reference_confidence"}))
+
+
+class ReviewConfig(_Strict):
+    url: str = Field(pattern=r"^https?://", description="the review service's base URL")
+    token_env: str = Field("EDGECV_REVIEW_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                           description="name of the environment variable holding this device's token")
+    timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    queue_size: Annotated[int, Field(ge=1, le=10_000)] = 64
+    correction_poll_s: Annotated[float, Field(ge=0)] = Field(300.0, description="0 = never pull the correction rate")
+
+
 class AppConfig(_Strict):
     site_id: str = Field(pattern=NAME)
     device_id: str = Field(pattern=NAME)
@@ -126,6 +179,10 @@ class AppConfig(_Strict):
     mqtt: MqttConfig | None = None
     metrics: MetricsConfig = MetricsConfig()
     spool_dir: Path = Path("/var/lib/edgecv/spool")
+    evidence: EvidenceSection | None = None
+    drift: DriftSection | None = None
+    sampling: SamplingConfig | None = None
+    review: ReviewConfig | None = None
 
     @field_validator("cameras")
     @classmethod
@@ -150,6 +207,18 @@ class Resolved:
     @property
     def model_name(self) -> str:
         return self.config.triton.model_name or self.manifest.name
+
+    @property
+    def drift_reference(self) -> ConfidenceHistogram | None:
+        """The reference histogram drift is measured against; None = drift monitoring off."""
+        drift = self.config.drift
+        if drift is not None and not drift.enabled:
+            return None
+        return self.manifest.reference_confidence or (drift.reference_confidence if drift else None)
+
+    @property
+    def evidence_prefix(self) -> str:
+        return f"{self.config.site_id}/{self.config.device_id}"
 
 
 def _rel(base: Path, p: Path | str) -> Path:
@@ -189,6 +258,11 @@ def check_references(doc: YamlDoc, cfg: AppConfig) -> tuple[Resolved | None, lis
                         f"cameras[{i}].rules[{j}].classes",
                         f"unknown classes {unknown} (the model has: {manifest.classes})",
                     )
+    if cfg.sampling is not None and cfg.review is None:
+        problem(("sampling",), "sampling", "flagged frames go to the review service: add a review: section")
+    if cfg.review is not None and not os.environ.get(cfg.review.token_env):
+        problem(("review", "token_env"), "review.token_env",
+                f"environment variable {cfg.review.token_env} (the device's review token) is not set")
     if manifest is None:
         return None, problems
 

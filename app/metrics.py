@@ -79,6 +79,11 @@ class Metrics:
         self.review_flagged = Counter(
             "edgecv_review_flagged_total", "Samples sent to the review queue, by reason", ["reason"], registry=r
         )
+        self.review_dropped = Counter(
+            "edgecv_review_flag_dropped_total", "Flagged samples not sent (queue full, rejected, outage), by reason",
+            ["reason"], registry=r,
+        )
+        self.drift_events = Counter("edgecv_drift_events_total", "Drift alarms raised, by kind", ["kind"], registry=r)
         self.restarts = Counter("edgecv_app_starts_total", "App process starts", registry=r)
 
     def observe_stage(self, stage: str, seconds: float) -> None:

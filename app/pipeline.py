@@ -14,6 +14,11 @@ Each turn of the loop:
 While Triton is not ready, frames are dropped as they arrive (counted: reason "triton_down"); a failed
 request drops its frames (reason "inference_error"). Per-stage latencies go to the
 edgecv_stage_latency_seconds histograms and to a LatencyRecorder for the p50/p95 report.
+
+Optional parts, each fed per handled frame without blocking the loop: the evidence feed (frames into the
+pre-roll rings, events into packages; app.evidence_feed), the drift monitor (checked every
+drift.check_interval_s; an alarm is published on edgecv/<site>/<device>/drift) and the review sampler
+(flagged frames go to the review client's bounded queue).
 """
 
 from __future__ import annotations
@@ -30,12 +35,15 @@ import numpy as np
 from app.batcher import Batcher
 from app.capture import CameraReader
 from app.config import Resolved, camera_source
+from app.drift import DriftMonitor
 from app.infer import BufferSlot, Result, TritonInfer
 from app.latency import LatencyRecorder
 from app.metrics import PIPELINE_STAGES, Metrics
 from app.postprocess import decoder_for
 from app.preprocess import LetterboxInfo, Preprocessor
+from app.review_client import ReviewClient, Sample
 from app.rules import RuleEngine
+from app.sampling import ReviewSampler
 from app.tracker import Tracker
 from app.types import Detections, Event, Frame
 
@@ -66,6 +74,9 @@ class Pipeline:
         infer: TritonInfer | None = None,
         publisher=None,
         recorder: LatencyRecorder | None = None,
+        evidence=None,
+        review: ReviewClient | None = None,
+        sampler: ReviewSampler | None = None,
     ):
         self.resolved = resolved
         cfg = resolved.config
@@ -131,6 +142,39 @@ class Pipeline:
         self._processed = {s.camera_id: m.frames_processed.labels(s.camera_id) for s in self.sources}
         self._fps_gauge = {s.camera_id: m.camera_fps.labels(s.camera_id) for s in self.sources}
         self._class_counter = [m.predictions.labels(name) for name in self.classes]
+        self.evidence = evidence  # an app.evidence_feed.EvidenceFeeder, or None
+        self.review = review
+        self.sampler = sampler or (ReviewSampler(cfg.sampling) if review is not None else None)
+        self.drift = self._drift_monitor()
+        self._drift_every = cfg.drift.check_interval_s if cfg.drift else 1.0
+        self._drift_at = 0.0
+        self.drift_events: list[dict] = []
+        self._reviews: deque[tuple[int, int]] = deque()  # from the review client's thread, applied by the loop
+
+    def note_review(self, reviewed: int, corrected: int) -> None:
+        """The review service's verdicts (thread-safe: the loop feeds them to the drift monitor)."""
+        self._reviews.append((reviewed, corrected))
+
+    def _drift_monitor(self) -> DriftMonitor | None:
+        reference = self.resolved.drift_reference
+        if reference is None:
+            return None
+        drift_cfg = self.resolved.config.drift
+        return DriftMonitor(reference, len(self.classes), drift_cfg.monitor_config if drift_cfg else None,
+                            self.metrics, on_drift=self._on_drift)
+
+    def _on_drift(self, kind: str, value: float, threshold: float) -> None:
+        cfg = self.resolved.config
+        payload = {
+            "schema": 1, "kind": kind, "value": round(float(value), 4), "threshold": threshold,
+            "model": self.manifest.ref, "time": time.time(), "site": cfg.site_id, "device": cfg.device_id,
+            "stats": {k: (None if v is None else round(float(v), 4)) for k, v in self.drift.stats().items()},
+        }
+        log.warning("drift: %s = %.3f over its threshold %.3f", kind, value, threshold)
+        self.metrics.drift_events.labels(kind).inc()
+        self.drift_events.append(payload)
+        if self.publisher is not None and hasattr(self.publisher, "publish"):
+            self.publisher.publish("drift", payload)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -141,6 +185,8 @@ class Pipeline:
         m.model_info.labels(self.manifest.name, self.manifest.version).set(1)
         timeout = self.resolved.config.triton.ready_timeout_s if ready_timeout_s is None else ready_timeout_s
         self.infer.start(timeout, cancel=self._stop)
+        if self.evidence is not None and not self.evidence.is_alive():
+            self.evidence.start()
         for s in self.sources:
             s.start()
         self.started = True
@@ -178,6 +224,10 @@ class Pipeline:
         self._slot = None
         self._done.clear()
         self.infer.close()
+        if self.drift is not None:
+            self.drift.check()
+        if self.evidence is not None:  # pending events are packaged with the post-roll recorded so far
+            self.evidence.close()
         if self.publisher is not None:
             self.publisher.close()
 
@@ -193,6 +243,11 @@ class Pipeline:
             if self.batcher.due():
                 self._submit()
         self._update_gauges()
+        if self.drift is not None and self.last_tick - self._drift_at >= self._drift_every:
+            self._drift_at = self.last_tick
+            while self._reviews:
+                self.drift.observe_review(*self._reviews.popleft())
+            self.drift.check()
         left = self.batcher.time_left()
         self._wake.wait(idle_s if left is None else min(idle_s, left))
         self._wake.clear()
@@ -266,9 +321,14 @@ class Pipeline:
         self._last_t[cam] = t
         tracked = self.trackers[cam].update(dets, t)
         events = self.rules[cam].process(tracked, t, frame.seq)
+        if self.evidence is not None:
+            self.evidence.add(frame, tracked)
         if events:
             if self.publisher is not None:
                 self.publisher.publish_events(events)
+            if self.evidence is not None:
+                for e in events:
+                    self.evidence.on_event(e)
             self.events_sent += len(events)
             self.events.extend(events)
             del self.events[:-1000]
@@ -289,6 +349,12 @@ class Pipeline:
                     self.detections_per_class[name] = self.detections_per_class.get(name, 0) + count
             for s in dets.scores:
                 m.confidence.observe(float(s))
+        if self.drift is not None:
+            self.drift.observe_frame(dets.scores, dets.class_ids)
+        if self.review is not None:
+            reason = self.sampler.reason(dets.scores, self.drift is not None and self.drift.alarming)
+            if reason is not None:  # the reviewer sees every detection, tracked or not
+                self.review.offer(Sample(reason, cam, frame.captured_at, frame.image, dets))
 
     # --- bookkeeping ---------------------------------------------------------------------------------
 
@@ -362,14 +428,53 @@ class AppRunner:
                 cfg.mqtt.host, cfg.mqtt.port, cfg.site_id, cfg.device_id, cfg.spool_dir, window=cfg.mqtt.window,
                 username=cfg.mqtt.username, password=cfg.mqtt.password, tls_ca=cfg.mqtt.tls_ca, metrics=self.metrics,
             )
+        self.store = self.uploader = None
+        if cfg.evidence is not None and "evidence" not in pipeline_kw:
+            pipeline_kw["evidence"] = self._evidence(resolved)
+        if cfg.review is not None and "review" not in pipeline_kw:
+            pipeline_kw["review"] = self._review(resolved)
         self.pipeline = Pipeline(resolved, self.metrics, publisher=publisher, **pipeline_kw)
+        if self.pipeline.review is not None and self.pipeline.drift is not None:
+            self.pipeline.review.on_corrections = self.pipeline.note_review
         self.server = StatusServer(self.metrics.registry, self.pipeline.status, cfg.metrics.host, cfg.metrics.port)
+
+    def _evidence(self, resolved: Resolved):
+        from app.evidence import EvidencePackager
+        from app.evidence_feed import EvidenceFeeder
+        from app.evidence_store import EvidenceStore, Uploader
+
+        ev = resolved.config.evidence
+        admit = None
+        if ev.store is not None:
+            self.store = EvidenceStore(ev.dir, ev.store.bucket, resolved.evidence_prefix, _s3_factory(ev.store),
+                                       ev.disk_budget_bytes, self.metrics)
+            self.uploader = Uploader(self.store, interval_s=ev.store.upload_interval_s)
+            admit = self.store.has_room
+        packager = EvidencePackager(ev.packager_config, list(resolved.manifest.classes), self.metrics, admit=admit)
+        return EvidenceFeeder(packager)
+
+    def _review(self, resolved: Resolved) -> ReviewClient:
+        import os
+
+        cfg = resolved.config
+        rc = cfg.review
+        return ReviewClient(
+            rc.url, os.environ.get(rc.token_env, ""), site_id=cfg.site_id, device_id=cfg.device_id,
+            model_ref=resolved.manifest.ref, class_names=list(resolved.manifest.classes), metrics=self.metrics,
+            timeout_s=rc.timeout_s, queue_size=rc.queue_size, correction_poll_s=rc.correction_poll_s,
+        )
+
+    def _threads(self) -> list:
+        p = self.pipeline
+        return [t for t in (self.uploader, p.review) if t is not None]  # the pipeline runs its evidence feed
 
     def start(self, ready_timeout_s: float | None = None) -> AppRunner:
         """Serve /healthz and /readyz at once (readyz says 503 until Triton is ready), then start the pipeline."""
         self.server.start()
         if self.pipeline.publisher is not None:
             self.pipeline.publisher.start()
+        for t in self._threads():
+            t.start()
         try:
             self.pipeline.start(ready_timeout_s)
         except BaseException:
@@ -379,9 +484,25 @@ class AppRunner:
 
     def run(self, duration_s: float | None = None, on_tick=None) -> None:
         try:
-            self.pipeline.run(duration_s, on_tick)
+            self.pipeline.run(duration_s, on_tick)  # drains the evidence feed too
         finally:
             self.server.stop()
+            self._stop_background()
+
+    def _stop_background(self, upload_s: float | None = None) -> None:
+        """The review client sends what it holds; the uploader gets a last pass of at most upload_s
+        (default: evidence.store.shutdown_upload_s)."""
+        p = self.pipeline
+        if upload_s is None:
+            ev = self.pipeline.resolved.config.evidence
+            upload_s = ev.store.shutdown_upload_s if ev is not None and ev.store is not None else 0.0
+        if p.review is not None and p.review.is_alive():
+            p.review.stop()
+        if self.uploader is not None and self.uploader.is_alive():
+            self.uploader.stop()
+            last = threading.Thread(target=self.store.upload_pending, name="evidence-last-upload", daemon=True)
+            last.start()
+            last.join(upload_s)
 
     def stop(self) -> None:
         self.pipeline.stop()
@@ -390,6 +511,9 @@ class AppRunner:
         self.server.stop()
         if self.pipeline.publisher is not None:
             self.pipeline.publisher.close()
+        if self.pipeline.evidence is not None:
+            self.pipeline.evidence.close()
+        self._stop_background(upload_s=0)
 
     def summary(self) -> dict:
         p = self.pipeline
@@ -399,4 +523,21 @@ class AppRunner:
             "events": p.events_sent,
             "detections_per_class": dict(sorted(p.detections_per_class.items())),
             "latency": p.recorder.percentiles(),
+            **({"evidence": {"events": p.evidence.events, "written": p.evidence.written}}
+               if p.evidence is not None else {}),
+            **({"drift": p.drift.stats(), "drift_events": len(p.drift_events)} if p.drift is not None else {}),
+            **({"review_sent": p.review.sent, "review_dropped": p.review.dropped} if p.review is not None else {}),
         }
+
+
+def _s3_factory(store):
+    """boto3 S3 clients for the evidence store; short timeouts so an outage cannot hold the uploader long."""
+
+    def make():
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=store.endpoint_url, region_name=store.region,
+                            config=Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 2}))
+
+    return make

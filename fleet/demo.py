@@ -4,7 +4,8 @@ It validates the models, renders NanoDet's Triton repository (python backend) an
 nvidia-pytriton wheel's server), a GStreamer RTSP camera looping the sample video, and mosquitto, all on free
 ports of 127.0.0.1; then runs the app (app/demo_config.yaml: one RTSP and one file camera, zone, line and
 dwell rules) for a bounded time with a progress bar, and prints the latency budget table (stage, budget, p50,
-p95, verdict), fps per camera, detections per class and the events that reached MQTT.
+p95, verdict), fps per camera, detections per class, the events that reached MQTT, the evidence packages
+written (and uploaded to a local S3 emulator, moto's server) and the drift monitors' statistics.
 
     edgecv demo [--seconds 60] [--protocol grpc|http]     (EDGECV_DEMO_SECONDS overrides the default)
     edgecv demo --once                                     (one frame through Triton, its detections)
@@ -159,7 +160,7 @@ class EventCounter:
 
 
 def demo_config(template: Path, out: Path, *, triton_url: str, protocol: str, rtsp_url: str, video: Path,
-                mqtt_port: int, metrics_port: int, manifest: Path) -> Path:
+                mqtt_port: int, metrics_port: int, manifest: Path, s3_url: str | None = None) -> Path:
     """The demo config pointed at this run's local services (everything else as in the template)."""
     cfg = yaml.safe_load(template.read_text())
     cfg["manifest"] = str(manifest)
@@ -170,6 +171,12 @@ def demo_config(template: Path, out: Path, *, triton_url: str, protocol: str, rt
     cfg["mqtt"]["port"] = mqtt_port
     cfg["metrics"] = {"host": "127.0.0.1", "port": metrics_port}
     cfg["spool_dir"] = str(out.parent / "spool")
+    if cfg.get("evidence"):
+        cfg["evidence"]["dir"] = str(out.parent / "evidence")
+        if s3_url is None:
+            cfg["evidence"].pop("store", None)  # packages stay local
+        else:
+            cfg["evidence"]["store"]["endpoint_url"] = s3_url
     out.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return out
 
@@ -229,6 +236,41 @@ def print_summary(console, runner, manifest: ModelManifest, seconds: float, rece
     console.print(f"events: {pipe.events_sent} sent, {len(received)} received on MQTT; frames: "
                   f"{pipe.frames_processed} processed, {stale} replaced by a newer one before inference (newest "
                   f"frame wins), {pipe.frames_dropped} lost while Triton was away or failing")
+    print_evidence_and_drift(console, runner)
+
+
+def print_evidence_and_drift(console, runner) -> None:
+    pipe = runner.pipeline
+    if pipe.evidence is not None:
+        ev = runner.pipeline.resolved.config.evidence
+        where = f"{ev.dir}"
+        if runner.store is not None:
+            pending = len(runner.store.pending())
+            where += (f"; uploaded to s3://{runner.store.bucket}/{runner.store.prefix}/ "
+                      f"({pipe.evidence.written - pending} of {pipe.evidence.written}, {pending} left for next start)")
+        console.print(f"evidence: {pipe.evidence.written} package(s) written (clip.mp4 H.264 "
+                      f"{ev.pre_roll_s:g}s+{ev.post_roll_s:g}s, event.json, thumbnail.jpg) in {where}")
+    if pipe.drift is not None:
+        from rich.table import Table
+
+        stats = pipe.drift.stats()
+        t = pipe.drift.config.thresholds
+        limits = {"psi": t.psi, "ks": t.ks, "detection_entropy": t.detection_entropy,
+                  "class_shift_psi": t.class_shift_psi, "correction_rate": t.correction_rate}
+        table = Table(title=f"drift vs the reference histogram ({pipe.drift.confidence.n} detections in the window)")
+        for col in ("statistic", "value", "threshold", "alarm"):
+            table.add_column(col, justify="left" if col == "statistic" else "right")
+        ref_entropy = getattr(pipe.drift, "reference_entropy", None)  # entropy alarms on a rise over it
+        for kind in ("psi", "ks", "mean_confidence", "detection_entropy", "frame_entropy", "class_shift_psi"):
+            value, limit = stats.get(kind), limits.get(kind)
+            shown = "-" if limit is None else f"{limit:g}"
+            if kind == "detection_entropy" and ref_entropy is not None:
+                shown = f"{ref_entropy:.3f} + {limit:g}"
+            alarm = pipe.drift.alarms.get(kind)
+            table.add_row(kind, "-" if value is None else f"{value:.3f}", shown,
+                          "[red]yes[/red]" if alarm and alarm.active else "-")
+        console.print(table)
+        console.print(f"drift events published: {len(pipe.drift_events)}")
 
 
 def run_live(seconds: float, protocol: str = "grpc", manifest_path: Path = DEFAULT_MANIFEST,
@@ -238,6 +280,7 @@ def run_live(seconds: float, protocol: str = "grpc", manifest_path: Path = DEFAU
 
     from fleet.local.mosquitto import mosquitto
     from fleet.local.rtsp import rtsp_camera
+    from fleet.local.s3 import local_s3
     from fleet.local.triton import triton
     from fleet.manifest import load_manifest
     from fleet.triton import render
@@ -261,10 +304,16 @@ def run_live(seconds: float, protocol: str = "grpc", manifest_path: Path = DEFAU
             console.print(f"Triton {manifest.ref} on {server.grpc_url} (gRPC) / {server.http_url} (HTTP); "
                           f"camera {camera.url}; mosquitto 127.0.0.1:{broker.port}")
             url = server.grpc_url if protocol == "grpc" else server.http_url
-            cfg_path = demo_config(config_template, tmp / "app.yaml", triton_url=url, protocol=protocol,
-                                   rtsp_url=camera.url, video=video, mqtt_port=broker.port,
-                                   metrics_port=free_port(), manifest=Path(manifest_path).resolve())
-            return _run_app(console, manifest, cfg_path, seconds, broker.port)
+            template = yaml.safe_load(config_template.read_text())
+            bucket = (template.get("evidence") or {}).get("store", {}).get("bucket")
+            with local_s3(bucket) as s3_url:
+                if s3_url:
+                    console.print(f"evidence store: S3 emulator (moto) on {s3_url}, bucket {bucket}")
+                cfg_path = demo_config(config_template, tmp / "app.yaml", triton_url=url, protocol=protocol,
+                                       rtsp_url=camera.url, video=video, mqtt_port=broker.port,
+                                       metrics_port=free_port(), manifest=Path(manifest_path).resolve(),
+                                       s3_url=s3_url)
+                return _run_app(console, manifest, cfg_path, seconds, broker.port)
         finally:
             broker.stop()
             camera.stop()
