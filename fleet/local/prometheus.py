@@ -41,7 +41,8 @@ def prometheus(
         f"--web.listen-address=127.0.0.1:{port}",
     ]
     if agent:
-        argv += ["--agent", f"--storage.agent.path={workdir / 'agent-data'}"]
+        # Debian's Prometheus 2.42 spells agent mode as a feature flag (--agent came with 3.0).
+        argv += ["--enable-feature=agent", f"--storage.agent.path={workdir / 'agent-data'}"]
     else:
         argv += [f"--storage.tsdb.path={workdir / 'data'}"]
     if remote_write_receiver:
