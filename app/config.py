@@ -125,6 +125,16 @@ class MetricsConfig(_Strict):
     port: Annotated[int, Field(ge=0, lt=65536)] = Field(9108, description="0 picks a free port")
 
 
+class HealthConfig(_Strict):
+    """Device health exported beside the pipeline metrics (app.health)."""
+
+    enabled: bool = True
+    source: Literal["auto", "tegrastats", "psutil"] = "auto"
+    mounts: list[str] = ["/"]
+    upstream: str | None = Field(None, description="host:port probed for loss and round-trip time")
+    probe_interval_s: float = Field(10.0, gt=0)
+
+
 class EvidenceStoreConfig(_Strict):
     bucket: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]+[a-z0-9]$")
     endpoint_url: str | None = Field(None, description="an S3-compatible endpoint (default: AWS)")
@@ -178,6 +188,7 @@ class AppConfig(_Strict):
     tracker: TrackerConfig = TrackerConfig()
     mqtt: MqttConfig | None = None
     metrics: MetricsConfig = MetricsConfig()
+    health: HealthConfig = HealthConfig()
     spool_dir: Path = Path("/var/lib/edgecv/spool")
     evidence: EvidenceSection | None = None
     drift: DriftSection | None = None

@@ -437,6 +437,13 @@ class AppRunner:
         if self.pipeline.review is not None and self.pipeline.drift is not None:
             self.pipeline.review.on_corrections = self.pipeline.note_review
         self.server = StatusServer(self.metrics.registry, self.pipeline.status, cfg.metrics.host, cfg.metrics.port)
+        self.health = None
+        if cfg.health.enabled:
+            from app.health import HealthExporter
+
+            h = cfg.health
+            self.health = HealthExporter(self.metrics.registry, source=h.source, mounts=h.mounts, upstream=h.upstream,
+                                         probe_interval_s=h.probe_interval_s)
 
     def _evidence(self, resolved: Resolved):
         from app.evidence import EvidencePackager
@@ -471,6 +478,8 @@ class AppRunner:
     def start(self, ready_timeout_s: float | None = None) -> AppRunner:
         """Serve /healthz and /readyz at once (readyz says 503 until Triton is ready), then start the pipeline."""
         self.server.start()
+        if self.health is not None:
+            self.health.start()
         if self.pipeline.publisher is not None:
             self.pipeline.publisher.start()
         for t in self._threads():
@@ -496,6 +505,9 @@ class AppRunner:
         if upload_s is None:
             ev = self.pipeline.resolved.config.evidence
             upload_s = ev.store.shutdown_upload_s if ev is not None and ev.store is not None else 0.0
+        if self.health is not None:
+            self.health.stop()
+            self.health = None
         if p.review is not None and p.review.is_alive():
             p.review.stop()
         if self.uploader is not None and self.uploader.is_alive():

@@ -195,6 +195,9 @@ def test_events_flow_from_both_cameras_to_mqtt(stack):
     assert stack.metric("edgecv_alerts_published_total") >= 2
     assert stack.metric("edgecv_predictions_total", class_name="person") > 0
     assert stack.metric("edgecv_stage_latency_seconds_count", stage="total") > 0
+    # Device health is exported beside the pipeline metrics (psutil here: no tegrastats).
+    assert stack.metric("edgecv_device_memory_total_bytes") > 0
+    assert stack.metric("edgecv_device_health_up", source="psutil") == 1
     health = requests.get(stack.url("/healthz"), timeout=2).json()
     assert health["status"] == "ok", health
 
