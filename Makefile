@@ -58,7 +58,7 @@ test-fast: setup
 	$(VENV)/bin/pytest -m "not slow"
 
 bench: setup
-	for b in bench/*.py; do $(PY) $$b || exit 1; done
+	for b in bench/[a-z]*.py; do $(PY) -m bench.$$(basename $$b .py) || exit 1; done
 
 clean-hosts:
 	-$(PY) -m tests.ansible.hosts cleanup 2>/dev/null || true
