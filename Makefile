@@ -49,7 +49,7 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check app fleet tests bench pulumi models
 	$(VENV)/bin/yamllint -s .
-	@if ls roles/*/tasks/main.yml >/dev/null 2>&1; then $(VENV)/bin/ansible-lint --profile production -q; fi
+	@if ls roles/*/tasks/main.yml >/dev/null 2>&1; then PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/ansible-lint --profile production -q; fi
 
 test: setup lint
 	$(VENV)/bin/pytest
