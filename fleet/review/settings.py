@@ -1,0 +1,37 @@
+"""The review service's configuration, validated once at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DEFAULT_CLASSES = ["person", "car", "truck", "bicycle", "forklift"]
+
+
+class ReviewSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    db_url: str = Field(description="SQLAlchemy URL: sqlite:///path/review.db or postgresql+psycopg://...")
+    data_dir: Path = Field(description="where ingested images (base64 uploads) are stored")
+    evidence_root: Path | None = Field(None, description="local evidence store; image_path/clip_path are relative to it")
+    classes: list[str] = Field(default_factory=lambda: list(DEFAULT_CLASSES),
+                               description="the class palette: keys 1-9 pick these, corrections must use them")
+    claim_minutes: float = Field(10.0, gt=0, description="an untouched claim is released after this long")
+    secure_cookies: bool = Field(False, description="mark the session cookie Secure (behind HTTPS)")
+    session_hours: float = Field(12.0, gt=0)
+    max_image_bytes: int = Field(10 << 20, gt=0)
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: list[str]) -> list[str]:
+        v = [c.strip() for c in v if c.strip()]
+        if not v:
+            raise ValueError("at least one class is needed")
+        if len(set(v)) != len(v):
+            raise ValueError("class names must be unique")
+        return v
+
+    @staticmethod
+    def sqlite_url(data_dir: Path) -> str:
+        return f"sqlite:///{Path(data_dir).resolve() / 'review.db'}"
