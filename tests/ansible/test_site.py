@@ -1,0 +1,171 @@
+"""Real ansible-playbook runs of playbooks/site.yml on three throwaway hosts (two sites), checked with testinfra."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+import testinfra
+import yaml
+
+from tests.ansible.conftest import MANIFEST
+from tests.ansible.support import DEVICES, REPO
+
+pytestmark = [pytest.mark.ansible, pytest.mark.slow, pytest.mark.timeout(900)]
+
+HOSTS = [h for hosts in DEVICES.values() for h in hosts]
+MODEL = yaml.safe_load(MANIFEST.read_text())["name"]
+
+
+@pytest.fixture(scope="module")
+def infra(ansible, converged):
+    """testinfra hosts through its ansible backend (SSH sockets reused via [persistent_connection])."""
+    inv = ansible.inventory.parent / "testinfra.yml"
+    hosts = {}
+    for name in HOSTS:
+        hostvars = yaml.safe_load((ansible.inventory / "host_vars" / f"{name}.yml").read_text())
+        hosts[name] = {k: v for k, v in hostvars.items() if k.startswith("ansible_")}
+    inv.write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
+    Path("~/.ansible/pc").expanduser().mkdir(parents=True, exist_ok=True)
+    # testinfra runs ansible-inventory from PATH and reads ansible.cfg through ANSIBLE_CONFIG.
+    os.environ.setdefault("ANSIBLE_CONFIG", ansible.env["ANSIBLE_CONFIG"])
+    os.environ["PATH"] = ansible.env["PATH"]
+    return {name: testinfra.get_host(f"ansible://{name}", ansible_inventory=str(inv)) for name in HOSTS}
+
+
+def test_first_converge_succeeds(converged):
+    first, _ = converged
+    assert sorted(first.recap) == sorted(HOSTS)
+    for host, counts in first.recap.items():
+        assert counts["failed"] == 0 and counts["unreachable"] == 0, host
+        assert counts["changed"] > 0, f"{host}: a fresh host must be changed by the first converge"
+
+
+def test_second_run_changes_nothing(converged):
+    _, second = converged
+    assert second.rc == 0, second.output[-4000:]
+    assert second.changed() == dict.fromkeys(HOSTS, 0), second.output[-6000:]
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_packages_files_and_units(infra, name):
+    host = infra[name]
+    for pkg in ("prometheus", "prometheus-node-exporter", "python3-venv", "libpython3.11", "logrotate"):
+        assert host.package(pkg).is_installed, pkg
+    for unit in ("tritonserver", "edgecv-app", "prometheus", "prometheus-node-exporter", "jetson-clocks"):
+        svc = host.service(unit)
+        assert svc.is_enabled and svc.is_running, unit
+    config = host.file("/etc/edgecv/app.yaml")
+    assert (config.user, config.group, config.mode) == ("root", "edgecv", 0o640)  # holds the MQTT password
+    assert host.file("/etc/edgecv").mode == 0o750
+    assert host.file("/var/lib/edgecv/spool").user == "edgecv"
+    rw = host.file("/etc/prometheus/remote-write.password")
+    assert (rw.group, rw.mode) == ("prometheus", 0o640)
+    assert rw.content_string == "demo-remote-write-password"  # decrypted from the vault, never in plain text
+    # The hardened unit runs as its own user with write access to the spool and evidence only.
+    unit = host.file("/etc/systemd/system/edgecv-app.service").content_string
+    assert "User=edgecv" in unit and "ProtectSystem=strict" in unit
+    assert "ReadWritePaths=/var/lib/edgecv/spool /var/lib/edgecv/evidence" in unit
+    # The jetpack role drove the Jetson stand-ins: power mode set, clocks pinned at boot.
+    log = host.file("/var/log/jetson-standins.log").content_string
+    assert "nvpmodel -q" in log and "jetson_clocks" in log
+    mode = "2" if name in DEVICES["yard_south"] else "0"
+    assert host.check_output("nvpmodel -q").splitlines()[-1] == mode
+    assert host.file("/etc/systemd/journald.conf.d/edgecv.conf").contains("SystemMaxUse=256M")
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_triton_serves_the_model(infra, name):
+    host = infra[name]
+    for port in (8000, 8001, 8002):
+        assert host.socket(f"tcp://0.0.0.0:{port}").is_listening, port
+    ready = host.run(
+        f"python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/v2/models/{MODEL}/ready').status)\""
+    )
+    assert ready.stdout.strip() == "200", ready.stderr
+    live = host.file(f"/var/lib/tritonserver/models/{MODEL}")
+    assert live.is_symlink and live.linked_to.endswith(
+        f"/releases/{MODEL}-{yaml.safe_load(MANIFEST.read_text())['version']}/{MODEL}"
+    )
+
+
+def _get(host, url: str) -> str:
+    return host.check_output(f"python3 -c \"import urllib.request as u; print(u.urlopen('{url}').read().decode())\"")
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_app_ready_and_exporting_stage_histograms(infra, name):
+    host = infra[name]
+    assert host.socket("tcp://0.0.0.0:9108").is_listening
+    _get(host, "http://127.0.0.1:9108/readyz")  # raises on anything but 2xx
+    metrics = _get(host, "http://127.0.0.1:9108/metrics")
+    for stage in ("capture", "preprocess", "inference", "postprocess", "total"):
+        assert f'edgecv_stage_latency_seconds_bucket{{le="0.001",stage="{stage}"}}' in metrics or (
+            f'edgecv_stage_latency_seconds_bucket{{stage="{stage}",le="0.001"}}' in metrics
+        ), stage
+    # Frames really went through Triton on this device.
+    count = re.search(r'^edgecv_stage_latency_seconds_count\{stage="inference"\} (\S+)$', metrics, re.M)
+    assert count and float(count[1]) > 0, metrics[:2000]
+    cameras = {c["id"] for c in yaml.safe_load(host.file("/etc/edgecv/app.yaml").content_string)["cameras"]}
+    expected = yaml.safe_load((REPO / "inventory/example/host_vars" / f"{name}.yml").read_text())[
+        "inference_app_camera_ids"
+    ]
+    assert cameras == set(expected)
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_node_exporter_and_agent(infra, name):
+    host = infra[name]
+    assert host.socket("tcp://9100").is_listening
+    assert "node_cpu_seconds_total" in _get(host, "http://127.0.0.1:9100/metrics")
+    assert "--enable-feature=agent" in host.file("/etc/default/prometheus").content_string
+    targets = json.loads(_get(host, "http://127.0.0.1:9090/api/v1/targets"))["data"]["activeTargets"]
+    health = {t["labels"]["job"]: t["health"] for t in targets}
+    assert set(health) == {"node", "edgecv-app", "triton"}
+
+
+def test_limit_touches_only_that_site(ansible, converged, infra):
+    """A changed setting applied with --limit reaches the named site's devices and no others."""
+    run = ansible.playbook("telemetry.yml", "--limit", "yard_south", "-e", "telemetry_scrape_interval=20s")
+    try:
+        assert run.rc == 0, run.output[-4000:]
+        assert sorted(run.recap) == DEVICES["yard_south"]
+        assert run.changed()["jetson-south-01"] > 0
+        for name in HOSTS:
+            config = infra[name].file("/etc/prometheus/prometheus.yml").content_string
+            assert ("scrape_interval: 20s" in config) == (name in DEVICES["yard_south"]), name
+    finally:
+        assert ansible.playbook("telemetry.yml", "--limit", "yard_south").rc == 0
+
+
+def test_check_diff_on_converged_site_reports_nothing(ansible, converged):
+    run = ansible.playbook("site.yml", "--limit", "yard_south", "--check", "--diff")
+    assert run.rc == 0, run.output[-4000:]
+    assert sorted(run.recap) == DEVICES["yard_south"]
+    assert run.changed() == dict.fromkeys(DEVICES["yard_south"], 0), run.output[-6000:]
+
+
+def test_wrong_sha256_fails_before_touching_the_running_model(ansible, converged, infra, tmp_path):
+    host = infra["jetson-south-01"]
+    started = host.check_output("systemctl show -p ActiveEnterTimestampMonotonic --value tritonserver")
+    manifest = yaml.safe_load(MANIFEST.read_text())
+    bad = {**manifest, "version": "9.9.9", "artifact": {**manifest["artifact"], "sha256": "0" * 64}}
+    path = tmp_path / "models" / manifest["name"] / "manifest.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(yaml.safe_dump(bad, sort_keys=False))
+
+    run = ansible.playbook("triton.yml", "--limit", "yard_south", "-e", f"triton_manifest={path}")
+
+    assert run.rc != 0 and run.recap["jetson-south-01"]["failed"] == 1, run.output[-4000:]
+    assert "sha256" in run.output.lower() or "checksum" in run.output.lower(), run.output[-4000:]
+    live = host.file(f"/var/lib/tritonserver/models/{MODEL}")
+    assert live.linked_to.endswith(f"{MODEL}-{manifest['version']}/{MODEL}")  # the old release stays live
+    assert not host.file(f"/var/lib/tritonserver/releases/{MODEL}-9.9.9/{MODEL}/config.pbtxt").exists
+    assert host.check_output("systemctl show -p ActiveEnterTimestampMonotonic --value tritonserver") == started
+    ready = host.run(
+        f"python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/v2/models/{MODEL}/ready').status)\""
+    )
+    assert ready.stdout.strip() == "200"
