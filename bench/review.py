@@ -42,7 +42,7 @@ from sqlalchemy import insert, text
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from fleet.local.procs import Service, free_port  # noqa: E402
+from fleet.local.procs import Service, free_port, http_ok  # noqa: E402
 from fleet.review import localpg  # noqa: E402
 from fleet.review.db import Database  # noqa: E402
 from fleet.review.models import PRIORITY, Base, Item, ItemClass, Reviewer  # noqa: E402
@@ -88,15 +88,10 @@ def load(url: str, data: Path, n_items: int, n_reviewers: int, indexed: bool) ->
 def server(url: str, data: Path) -> Service:
     port = free_port()
 
-    def ready() -> bool:
-        try:
-            return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok
-        except requests.RequestException:
-            return False
-
     argv = [sys.executable, "-m", "fleet.cli", "review", "serve", "--db", url, "--data-dir", str(data),
             "--port", str(port), "--classes", "person,car"]
-    return Service("review-bench", argv, port, workdir=data, ready=ready, start_timeout=60)
+    healthz = f"http://127.0.0.1:{port}/healthz"
+    return Service("review-bench", argv, port, workdir=data, ready=lambda: http_ok(healthz), start_timeout=60)
 
 
 def sign_in(base: str, username: str) -> tuple[requests.Session, str]:

@@ -26,6 +26,16 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    """True when `url` answers 2xx now (a readiness probe for local servers)."""
+    import requests
+
+    try:
+        return requests.get(url, timeout=timeout).ok
+    except requests.RequestException:
+        return False
+
+
 def require_binary(name: str) -> str:
     path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
     if not path:

@@ -9,14 +9,7 @@ from pathlib import Path
 import requests
 import yaml
 
-from fleet.local.procs import Service, free_port, require_binary
-
-
-def _ready(port: int) -> bool:
-    try:
-        return requests.get(f"http://127.0.0.1:{port}/-/ready", timeout=0.5).status_code == 200
-    except requests.RequestException:
-        return False
+from fleet.local.procs import Service, free_port, http_ok, require_binary
 
 
 def prometheus(
@@ -48,7 +41,8 @@ def prometheus(
     if remote_write_receiver:
         argv.append("--web.enable-remote-write-receiver")
     argv += extra_args or []
-    return Service("prometheus", argv, port, workdir=workdir, ready=lambda: _ready(port))
+    ready_url = f"http://127.0.0.1:{port}/-/ready"
+    return Service("prometheus", argv, port, workdir=workdir, ready=lambda: http_ok(ready_url))
 
 
 def query(base_url: str, promql: str, at: float | None = None) -> list[dict]:

@@ -25,9 +25,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-import requests
-
-from fleet.local.procs import Service, free_port
+from fleet.local.procs import Service, free_port, http_ok
 
 
 def pytriton_dist() -> tuple[Path, Path]:
@@ -166,12 +164,7 @@ class TritonService(Service):
 
     def _ready(self) -> bool:
         base = f"http://{self.http_url}/v2"
-        try:
-            if requests.get(f"{base}/health/ready", timeout=1).status_code != 200:
-                return False
-            return all(requests.get(f"{base}/models/{m}/ready", timeout=1).status_code == 200 for m in self.models)
-        except requests.RequestException:
-            return False
+        return http_ok(f"{base}/health/ready") and all(http_ok(f"{base}/models/{m}/ready") for m in self.models)
 
 
 def triton(model_repository: str | Path, models: Sequence[str] = (), **kw) -> TritonService:

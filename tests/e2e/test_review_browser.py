@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from app.evidence import EvidenceConfig, EvidencePackager
 from app.types import Detections, Event
 from fleet.cli import main
-from fleet.local.procs import Service, free_port
+from fleet.local.procs import Service, free_port, http_ok
 from fleet.review.db import Database
 from fleet.review.models import Item
 from fleet.synthetic.scenes import CLASSES, make_scene
@@ -124,15 +124,10 @@ def server(tmp_path: Path):
     token = runner.invoke(main, ["review", "add-token", "jetson-01", *common]).output.strip()
     port = free_port()
 
-    def ready() -> bool:
-        try:
-            return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok
-        except requests.RequestException:
-            return False
-
     argv = [sys.executable, "-m", "fleet.cli", "review", "serve", *common, "--port", str(port),
             "--evidence-root", str(evidence), "--classes", ",".join(CLASSES)]
-    with Service("review", argv, port, workdir=tmp_path, ready=ready) as svc:
+    healthz = f"http://127.0.0.1:{port}/healthz"
+    with Service("review", argv, port, workdir=tmp_path, ready=lambda: http_ok(healthz)) as svc:
         items, alert, plans = make_items(evidence)
         for body in items:
             r = requests.post(f"{svc.url}/api/items", json=body, headers={"Authorization": f"Bearer {token}"},
