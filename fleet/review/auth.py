@@ -12,10 +12,10 @@ import secrets
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from fleet.review.models import DeviceToken, Reviewer
+from fleet.review.models import Audit, DeviceToken, Reviewer
 
 _hasher = PasswordHasher()  # argon2id, the library's default (RFC 9106 low-memory) parameters
 USERNAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -68,6 +68,20 @@ def authenticate(s: Session, username: str, password: str) -> Reviewer | None:
     if _hasher.check_needs_rehash(reviewer.password_hash):
         reviewer.password_hash = _hasher.hash(password)
     return reviewer
+
+
+def login_retry_after(s: Session, username: str, now: float, max_failures: int, window_s: float) -> float:
+    """Seconds until `username` may try again: 0 while it has had fewer than `max_failures` failed
+    sign-ins in the last `window_s`. Counted from the audit log, so every server process sharing
+    the database sees the same count and a restart does not reset it."""
+    since = now - window_s
+    recent = select(Audit.at).where(Audit.actor == username, Audit.action == "login_failed", Audit.at >= since)
+    count = s.scalar(select(func.count()).select_from(recent.subquery()))
+    if count < max_failures:
+        return 0.0
+    # The window slides: the earliest failure still counted is the one whose expiry frees a try.
+    oldest = s.scalar(recent.order_by(Audit.at.desc()).offset(max_failures - 1).limit(1))
+    return max(1.0, oldest + window_s - now)
 
 
 def _sha256(token: str) -> str:

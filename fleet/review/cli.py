@@ -55,15 +55,20 @@ def review() -> None:
               help="class palette, comma-separated: keys 1-9 pick them")
 @click.option("--claim-minutes", type=float, default=10.0, show_default=True, help="claims expire after this")
 @click.option("--secure-cookies/--no-secure-cookies", default=False, help="set behind HTTPS")
+@click.option("--login-max-failures", type=int, default=5, show_default=True,
+              help="failed sign-ins of one username within --login-window-minutes before it must wait")
+@click.option("--login-window-minutes", type=float, default=15.0, show_default=True)
 @click.option("--log-level", default="warning", show_default=True)
-def serve(db, data_dir, host, port, evidence_root, classes, claim_minutes, secure_cookies, log_level) -> None:
+def serve(db, data_dir, host, port, evidence_root, classes, claim_minutes, secure_cookies, login_max_failures,
+          login_window_minutes, log_level) -> None:
     """Run the web app (migrates the database first)."""
     import uvicorn
 
     from fleet.review.web import create_app
 
     settings = _settings(db, data_dir, evidence_root, classes, claim_minutes=claim_minutes,
-                         secure_cookies=secure_cookies)
+                         secure_cookies=secure_cookies, login_max_failures=login_max_failures,
+                         login_window_minutes=login_window_minutes)
     app = create_app(settings)
     click.echo(f"edgecv review on http://{host}:{port} ({app.state.review.db.dialect})", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

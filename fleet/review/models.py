@@ -127,4 +127,5 @@ class Audit(Base):
     __table_args__ = (
         Index("ix_audit_reviewer_action", "reviewer_id", "action", "at"),
         Index("ix_audit_item", "item_id", "id"),
+        Index("ix_audit_actor_action", "actor", "action", "at"),  # failed sign-ins per username
     )

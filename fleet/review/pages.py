@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from fleet.review import queue
 from fleet.review.api import item_json
-from fleet.review.auth import authenticate, csrf_ok, session_csrf
+from fleet.review.auth import authenticate, csrf_ok, login_retry_after, session_csrf
 from fleet.review.deps import CsrfFailed, Service, current_reviewer, password_stamp, service
 from fleet.review.errors import Conflict, NotFound
 from fleet.review.ingest import evidence_file
@@ -51,9 +51,22 @@ def login(request: Request, username: str = Form(""), password: str = Form(""), 
     if not csrf_ok(request.session, csrf_token):
         raise CsrfFailed()
     now = svc.db.now()
+    username = username[:160]
+    with svc.db.write() as s:
+        wait = login_retry_after(s, username, now, svc.settings.login_max_failures,
+                                 svc.settings.login_window_minutes * 60.0)
+        if wait:  # password guessing: refuse without checking the password, and say when to retry
+            s.add(Audit(at=now, reviewer_id=None, actor=username, action="login_throttled", detail={}))
+    if wait:
+        svc.metrics.logins.labels("throttled").inc()
+        minutes = max(1, round(wait / 60))
+        response = render(svc, request, "login.html", code=429, next=_local(next),
+                          error=f"Too many failed sign-ins for this username; try again in {minutes} min.")
+        response.headers["Retry-After"] = str(int(wait + 0.999))
+        return response
     with svc.db.write() as s:
         reviewer = authenticate(s, username, password)
-        s.add(Audit(at=now, reviewer_id=reviewer.id if reviewer else None, actor=username[:160],
+        s.add(Audit(at=now, reviewer_id=reviewer.id if reviewer else None, actor=username,
                     action="login" if reviewer else "login_failed", detail={}))
     svc.metrics.logins.labels("ok" if reviewer else "failed").inc()
     if reviewer is None:

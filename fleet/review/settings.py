@@ -21,6 +21,8 @@ class ReviewSettings(BaseModel):
     secure_cookies: bool = Field(False, description="mark the session cookie Secure (behind HTTPS)")
     session_hours: float = Field(12.0, gt=0)
     max_image_bytes: int = Field(10 << 20, gt=0)
+    login_max_failures: int = Field(5, ge=1, description="failed sign-ins of one username before it is throttled")
+    login_window_minutes: float = Field(15.0, gt=0, description="how far back failed sign-ins count")
 
     @field_validator("classes")
     @classmethod
