@@ -12,7 +12,7 @@ import secrets
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fleet.review.models import Audit, DeviceToken, Reviewer
@@ -74,14 +74,13 @@ def login_retry_after(s: Session, username: str, now: float, max_failures: int, 
     """Seconds until `username` may try again: 0 while it has had fewer than `max_failures` failed
     sign-ins in the last `window_s`. Counted from the audit log, so every server process sharing
     the database sees the same count and a restart does not reset it."""
-    since = now - window_s
-    recent = select(Audit.at).where(Audit.actor == username, Audit.action == "login_failed", Audit.at >= since)
-    count = s.scalar(select(func.count()).select_from(recent.subquery()))
-    if count < max_failures:
-        return 0.0
-    # The window slides: the earliest failure still counted is the one whose expiry frees a try.
-    oldest = s.scalar(recent.order_by(Audit.at.desc()).offset(max_failures - 1).limit(1))
-    return max(1.0, oldest + window_s - now)
+    # The window slides: the max_failures-th most recent failure is the one whose expiry frees a try.
+    blocking = s.scalar(
+        select(Audit.at)
+        .where(Audit.actor == username, Audit.action == "login_failed", Audit.at >= now - window_s)
+        .order_by(Audit.at.desc()).offset(max_failures - 1).limit(1)
+    )
+    return 0.0 if blocking is None else max(1.0, blocking + window_s - now)
 
 
 def _sha256(token: str) -> str:

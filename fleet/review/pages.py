@@ -6,6 +6,7 @@ every decision and every form is a POST that carries the session's CSRF token.
 
 from __future__ import annotations
 
+import math
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Query, Request
@@ -55,20 +56,16 @@ def login(request: Request, username: str = Form(""), password: str = Form(""), 
     with svc.db.write() as s:
         wait = login_retry_after(s, username, now, svc.settings.login_max_failures,
                                  svc.settings.login_window_minutes * 60.0)
-        if wait:  # password guessing: refuse without checking the password, and say when to retry
-            s.add(Audit(at=now, reviewer_id=None, actor=username, action="login_throttled", detail={}))
+        # Password guessing: once throttled, the password is not even checked.
+        reviewer = None if wait else authenticate(s, username, password)
+        action = "login_throttled" if wait else "login" if reviewer else "login_failed"
+        s.add(Audit(at=now, reviewer_id=reviewer.id if reviewer else None, actor=username, action=action, detail={}))
+    svc.metrics.logins.labels("throttled" if wait else "ok" if reviewer else "failed").inc()
     if wait:
-        svc.metrics.logins.labels("throttled").inc()
-        minutes = max(1, round(wait / 60))
         response = render(svc, request, "login.html", code=429, next=_local(next),
-                          error=f"Too many failed sign-ins for this username; try again in {minutes} min.")
-        response.headers["Retry-After"] = str(int(wait + 0.999))
+                          error=f"Too many failed sign-ins for this username; try again in {max(1, round(wait / 60))} min.")
+        response.headers["Retry-After"] = str(math.ceil(wait))
         return response
-    with svc.db.write() as s:
-        reviewer = authenticate(s, username, password)
-        s.add(Audit(at=now, reviewer_id=reviewer.id if reviewer else None, actor=username,
-                    action="login" if reviewer else "login_failed", detail={}))
-    svc.metrics.logins.labels("ok" if reviewer else "failed").inc()
     if reviewer is None:
         return render(svc, request, "login.html", code=401, next=_local(next), error="Wrong username or password.")
     request.session.clear()  # a new session (and CSRF token) at every login
