@@ -45,7 +45,7 @@ def run_cmd(config_path: Path, duration: float | None, latency_report: Path | No
         click.echo(f"{len(problems)} problem(s) in {config_path}", err=True)
         sys.exit(EXIT_CONFIG)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from app.pipeline import AppRunner
+    from app.runner import AppRunner
 
     runner = AppRunner(resolved)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -62,7 +62,7 @@ def run_cmd(config_path: Path, duration: float | None, latency_report: Path | No
     runner.run(duration)
     summary = runner.summary()
     if latency_report:
-        from app.latency import write_report
+        from app.pipeline.latency import write_report
 
         write_report(runner.pipeline.recorder.report(), latency_report)
         click.echo(f"latency report -> {latency_report}", err=True)
@@ -77,7 +77,7 @@ def report_cmd(metrics_url: str, out: Path | None) -> None:
     """Per-stage p50/p95 latency (ms) from a running app's histograms, as `edgecv gates --latency` reads it."""
     import requests
 
-    from app.latency import from_prometheus_text, write_report
+    from app.pipeline.latency import from_prometheus_text, write_report
 
     try:
         resp = requests.get(metrics_url, timeout=5)

@@ -9,14 +9,14 @@
       - id: gate
         url: rtsp://10.0.0.21:554/stream1           # or a video file path (relative to this file), looped
         fps: 10                                     # cap; frames above it are skipped at the reader
-        zones: [...]; lines: [...]; rules: [...]    # app.rules.RulesConfig, per camera (frame pixels)
-    tracker: {...}                                  # app.tracker.TrackerConfig
+        zones: [...]; lines: [...]; rules: [...]    # app.pipeline.rules.RulesConfig, per camera (frame pixels)
+    tracker: {...}                                  # app.pipeline.tracker.TrackerConfig
     mqtt: {host: 127.0.0.1, port: 1883}            # omit to keep events local (counted, not sent)
     metrics: {host: 0.0.0.0, port: 9108}
     spool_dir: /var/lib/edgecv/spool
     evidence: {dir: ..., pre_roll_s: 5, post_roll_s: 5, store: {bucket: ..., endpoint_url: ..., region: ...}}
-    drift: {...}          # app.drift.DriftConfig; on whenever the manifest has reference_confidence
-    sampling: {...}       # app.sampling.SamplingConfig; needs review:
+    drift: {...}          # app.drift.monitors.DriftConfig; on whenever the manifest has reference_confidence
+    sampling: {...}       # app.drift.sampling.SamplingConfig; needs review:
     review: {url: https://review.example, token_env: EDGECV_REVIEW_TOKEN, timeout_s: 5}
 
 evidence, sampling and review are off when absent. Evidence keys in the store are always
@@ -34,14 +34,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from app.drift import DriftConfig
-from app.evidence import EvidenceConfig
-from app.rules import NAME, DwellRule, Line, LineCrossingRule, Rule, RulesConfig, Zone, ZoneIntrusionRule
-from app.sampling import SamplingConfig
-from app.tracker import TrackerConfig
-from fleet.manifest import ConfidenceHistogram, ModelManifest
-from fleet.validation import Problem, ValidationFailed, check_file, problems_from_validation
-from fleet.yamlsrc import YamlDoc, YamlSourceError, load_yaml
+from app.drift.monitors import DriftConfig
+from app.drift.sampling import SamplingConfig
+from app.evidence.packager import EvidenceConfig
+from app.pipeline.rules import NAME, DwellRule, Line, LineCrossingRule, Rule, RulesConfig, Zone, ZoneIntrusionRule
+from app.pipeline.tracker import TrackerConfig
+from fleet.spec.manifest import ConfidenceHistogram, ModelManifest, check_manifest
+from fleet.spec.problems import Problem, ValidationFailed, problems_from_validation
+from fleet.spec.yamlsrc import YamlDoc, YamlSourceError, load_yaml
 
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
 
@@ -126,7 +126,7 @@ class MetricsConfig(_Strict):
 
 
 class HealthConfig(_Strict):
-    """Device health exported beside the pipeline metrics (app.health)."""
+    """Device health exported beside the pipeline metrics (app.health.exporter)."""
 
     enabled: bool = True
     source: Literal["auto", "tegrastats", "psutil"] = "auto"
@@ -146,7 +146,7 @@ class EvidenceStoreConfig(_Strict):
 
 
 class EvidenceSection(EvidenceConfig):
-    """app.evidence.EvidenceConfig plus where packages are uploaded (absent: kept locally only)."""
+    """app.evidence.packager.EvidenceConfig plus where packages are uploaded (absent: kept locally only)."""
 
     store: EvidenceStoreConfig | None = None
 
@@ -156,7 +156,7 @@ class EvidenceSection(EvidenceConfig):
 
 
 class DriftSection(DriftConfig):
-    """app.drift.DriftConfig plus how often the alarms are evaluated."""
+    """app.drift.monitors.DriftConfig plus how often the alarms are evaluated."""
 
     enabled: bool = True
     check_interval_s: Annotated[float, Field(gt=0)] = 1.0
@@ -182,6 +182,9 @@ class AppConfig(_Strict):
     site_id: str = Field(pattern=NAME)
     device_id: str = Field(pattern=NAME)
     manifest: Path
+    artifact_root: Path | None = Field(
+        None, description="where the manifest's file:// artifact uris resolve (default: the registry root above models/)"
+    )
     triton: TritonConfig = TritonConfig()
     batching: BatchingConfig = BatchingConfig()
     cameras: list[CameraConfig] = Field(min_length=1)
@@ -250,7 +253,8 @@ def check_references(doc: YamlDoc, cfg: AppConfig) -> tuple[Resolved | None, lis
     if not manifest_path.is_file():
         problem(("manifest",), "manifest", f"file not found: {manifest_path}")
     else:
-        manifest, mproblems = check_file(manifest_path)
+        root = _rel(base, cfg.artifact_root) if cfg.artifact_root else None
+        manifest, mproblems = check_manifest(manifest_path, root)
         for mp in mproblems:
             problem(("manifest",), "manifest", f"invalid manifest: {mp}")
         manifest = None if mproblems else manifest

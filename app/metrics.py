@@ -65,7 +65,7 @@ class Metrics:
         self.alerts_spooled = Gauge("edgecv_alert_spool_depth", "Alerts waiting on disk for the broker", registry=r)
         self.mqtt_connected = Gauge("edgecv_mqtt_connected", "1 when connected to the MQTT broker", registry=r)
         self.model_info = Gauge("edgecv_model_info", "The model served", ["model", "version"], registry=r)
-        # Evidence and drift (filled by app.evidence / app.drift).
+        # Evidence and drift (filled by app.evidence.packager / app.drift.monitors).
         self.evidence_written = Counter("edgecv_evidence_written_total", "Evidence packages written", registry=r)
         self.evidence_uploaded = Counter("edgecv_evidence_uploaded_total", "Evidence packages uploaded", registry=r)
         self.evidence_refused = Counter(
@@ -90,7 +90,7 @@ class Metrics:
         self.stage_latency.labels(stage).observe(seconds)
 
 
-# Device health metrics (app.health) use the edgecv_device_ prefix, e.g.
+# Device health metrics (app.health.exporter) use the edgecv_device_ prefix, e.g.
 # edgecv_device_cpu_percent, edgecv_device_gpu_percent, edgecv_device_memory_used_bytes,
 # edgecv_device_temperature_celsius{zone}, edgecv_device_throttled, edgecv_device_power_watts,
 # edgecv_device_disk_used_ratio{mount}, edgecv_device_net_rtt_seconds, edgecv_device_net_loss_ratio.

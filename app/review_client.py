@@ -22,7 +22,7 @@ import requests
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from app.metrics import Metrics
-from app.types import Detections
+from app.pipeline.types import Detections
 
 log = logging.getLogger(__name__)
 

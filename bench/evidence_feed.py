@@ -1,7 +1,7 @@
 """What evidence, drift and review sampling cost the pipeline loop per frame.
 
 Baseline, measured in the same run: the loop JPEG-encoding each frame into the pre-roll ring itself
-(EvidencePackager.add_frame inline). Ours: the loop hands the frame to app.evidence_feed.EvidenceFeeder
+(EvidencePackager.add_frame inline). Ours: the loop hands the frame to app.evidence.feed.EvidenceFeeder
 (a queue put; the encode runs on the feeder thread), plus DriftMonitor.observe_frame and
 ReviewSampler.reason on the frame's detections.
 
@@ -17,13 +17,13 @@ from pathlib import Path
 import click
 import numpy as np
 
-from app.drift import DriftMonitor
-from app.evidence import EvidenceConfig, EvidencePackager
-from app.evidence_feed import EvidenceFeeder
-from app.sampling import ReviewSampler
-from app.types import Detections, Frame
+from app.drift.monitors import DriftMonitor
+from app.drift.sampling import ReviewSampler
+from app.evidence.feed import EvidenceFeeder
+from app.evidence.packager import EvidenceConfig, EvidencePackager
+from app.pipeline.types import Detections, Frame
 from fleet.demo import sample_frames
-from fleet.manifest import ConfidenceHistogram
+from fleet.spec.manifest import ConfidenceHistogram
 
 
 def _detections(rng: np.random.Generator, n: int = 8) -> Detections:

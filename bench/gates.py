@@ -5,7 +5,7 @@
 Synthetic held-out set (seeded): ~20 ground-truth boxes per image over 10 classes, a few crowd
 regions, and noisy predictions (jittered true boxes, class swaps, misses, false positives).
 pycocotools runs its index, loadRes, evaluate() + accumulate() + summarize(); ours computes the same
-two figures (mAP@0.5, mAP@[.5:.95]) with fleet.cocoeval, timed alone and with the input validation
+two figures (mAP@0.5, mAP@[.5:.95]) with fleet.gates.cocoeval, timed alone and with the input validation
 (pydantic) and conversion that `edgecv gates` does. The figures must be identical.
 """
 
@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from fleet.cocoeval import coco_map
-from fleet.gates import dataset_from_coco, predictions_from_results
+from fleet.gates.accuracy import dataset_from_coco, predictions_from_results
+from fleet.gates.cocoeval import coco_map
 
 
 def synthetic(n_images: int, boxes_per_image: int, n_classes: int = 10, seed: int = 0):

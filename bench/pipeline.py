@@ -37,17 +37,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from app.capture import FrameSlot  # noqa: E402
 from app.config import AppConfig, Resolved  # noqa: E402
 from app.metrics import Metrics  # noqa: E402
-from app.pipeline import Pipeline  # noqa: E402
-from app.types import Frame  # noqa: E402
-from fleet.manifest import DynamicBatching, ModelManifest, load_manifest  # noqa: E402
+from app.pipeline.capture import FrameSlot  # noqa: E402
+from app.pipeline.types import Frame  # noqa: E402
+from app.runner import Pipeline  # noqa: E402
+from fleet.repo import REPO_ROOT  # noqa: E402
+from fleet.spec.manifest import DynamicBatching, ModelManifest, load_manifest  # noqa: E402
 
 MANIFEST = REPO / "models" / "nanodet-m" / "manifest.yaml"
 
 # A python-backend model that returns recorded outputs at once (tensors through DLPack: the wheel's stub
-# cannot pass numpy 2 arrays directly; see fleet/triton_python_model.py).
+# cannot pass numpy 2 arrays directly; see fleet/triton/python_model.py).
 ECHO_MODEL = '''
 import ctypes, json, os
 import numpy as np
@@ -100,12 +101,12 @@ def echo_repository(manifest: ModelManifest, frame: np.ndarray, out: Path) -> Pa
     """A model repository serving `manifest`'s tensors with NanoDet's real output for `frame`, instantly."""
     import onnxruntime as ort
 
-    from app.preprocess import Preprocessor
-    from fleet.triton import render_config
+    from app.pipeline.preprocess import Preprocessor
+    from fleet.triton.render import render_config
 
     pre = Preprocessor(manifest.input, 1)
     pre.write(0, frame)
-    session = ort.InferenceSession(str(manifest.artifact.local_path()), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(manifest.artifact.local_path(REPO_ROOT)), providers=["CPUExecutionProvider"])
     names = [o.name for o in manifest.outputs]
     outputs = session.run(names, {manifest.input.name: pre.batch(1)})
     # Our client batches itself: no server-side queue delay for either path.
@@ -210,9 +211,9 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from app.latency import write_report
+    from app.pipeline.latency import write_report
     from fleet.local.triton import triton
-    from fleet.triton import render
+    from fleet.triton.render import render
 
     console = Console()
     manifest = load_manifest(MANIFEST)

@@ -42,8 +42,8 @@ from sqlalchemy import insert, text
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from fleet.local import postgres as localpg  # noqa: E402
 from fleet.local.procs import Service, free_port, http_ok  # noqa: E402
-from fleet.review import localpg  # noqa: E402
 from fleet.review.db import Database  # noqa: E402
 from fleet.review.models import PRIORITY, Base, Item, ItemClass, Reviewer  # noqa: E402
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/rollout.py [--devices 10000] [--naive-sample 100]
 
-A 10,000-device fleet lives in the local balena API double (tests/balena_double), driven through the real
+A 10,000-device fleet lives in the local balena API double (tests/support/balena_double), driven through the real
 balena-sdk. The controller is walked through canary, pilot, wave 25 % and wave 50 %; then the measured pass
 pins the last wave (50 % -> 100 %: half the fleet, 5,000 devices). Reported:
 
@@ -28,8 +28,8 @@ sys.path.insert(0, str(REPO))
 from fleet.rollout.balena_client import connect  # noqa: E402
 from fleet.rollout.model import PinDevices  # noqa: E402
 from fleet.rollout.planner import plan  # noqa: E402
-from tests.balena_double import BalenaDouble  # noqa: E402
 from tests.rollout.conftest import ScriptedAnalyzer, make_world  # noqa: E402
+from tests.support.balena_double import BalenaDouble  # noqa: E402
 
 
 def main() -> int:

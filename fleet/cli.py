@@ -12,16 +12,16 @@ import click
 # noun -> "module:attribute" of a click command or group.
 COMMANDS = {
     "validate": "fleet.cli:validate",
-    "gates": "fleet.gates_cli:gates",
-    "triton": "fleet.triton:triton",
+    "gates": "fleet.gates.cli:gates",
+    "triton": "fleet.triton.cli:triton",
     "app": "app.cli:app_group",
-    "evidence": "app.evidence_cli:evidence",
-    "rollout": "fleet.rollout_cli:rollout",
+    "evidence": "app.evidence.cli:evidence",
+    "rollout": "fleet.rollout.cli:rollout",
     "review": "fleet.review.cli:review",
-    "retrain": "fleet.retrain:retrain",
-    "models": "fleet.models_cli:models",
-    "cost": "fleet.cost:cost",
-    "telemetry": "app.telemetry_cli:telemetry",
+    "retrain": "fleet.retrain.loop:retrain",
+    "models": "fleet.retrain.bump:models",
+    "cost": "fleet.cost.model:cost",
+    "telemetry": "fleet.telemetry.cli:telemetry",
     "demo": "fleet.demo:demo",
 }
 
@@ -53,15 +53,19 @@ def main() -> None:
 
 @click.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-def validate(paths: tuple[Path, ...]) -> None:
-    """Check model manifests (models/*/manifest.yaml) and fleet files (fleets/*.yaml).
+@click.option("--kind", type=click.Choice(["model-manifest", "fleet"]), default=None,
+              help="schema for files without a kind: field of their own")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="registry root holding models/ and fleets/ (default: the current directory)")
+def validate(paths: tuple[Path, ...], kind: str | None, root: Path | None) -> None:
+    """Check model manifests and fleet files: the schema comes from each file's kind: field.
 
-    With no PATHS, checks everything under models/ and fleets/. Prints one
+    With no PATHS, checks models/**/manifest.yaml and fleets/*.yaml under the root. Prints one
     problem per line as FILE:LINE: FIELD: MESSAGE and exits 1 if any.
     """
-    from fleet.validation import validate_paths
+    from fleet.spec.validate import validate_paths
 
-    files, problems = validate_paths(list(paths))
+    files, problems = validate_paths(list(paths), root=root, kind=kind)
     for p in problems:
         click.echo(str(p), err=True)
     if problems:

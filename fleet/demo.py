@@ -28,10 +28,11 @@ import click
 import numpy as np
 import yaml
 
-from app.types import Detections
+from app.pipeline.types import Detections
 from fleet.local.procs import free_port
 from fleet.local.rtsp import VTEST, sample_video
-from fleet.manifest import REPO_ROOT, ModelManifest
+from fleet.repo import REPO_ROOT
+from fleet.spec.manifest import ModelManifest
 
 DEFAULT_MANIFEST = REPO_ROOT / "models" / "nanodet-m" / "manifest.yaml"
 DEMO_CONFIG = REPO_ROOT / "app" / "demo_config.yaml"
@@ -64,8 +65,8 @@ def infer_frames(
     manifest: ModelManifest, frames: Sequence[np.ndarray], url: str, protocol: str = "grpc"
 ) -> list[Detections]:
     """Preprocess, one batched Triton request through tritonclient, decode: detections in frame coordinates."""
-    from app.postprocess import decoder_for
-    from app.preprocess import Preprocessor
+    from app.pipeline.postprocess import decoder_for
+    from app.pipeline.preprocess import Preprocessor
 
     if protocol == "grpc":
         import tritonclient.grpc as client
@@ -95,7 +96,7 @@ def detections_table(manifest: ModelManifest, dets: Detections, title: str):
 
 
 def _validate_models(console) -> None:
-    from fleet.validation import validate_paths
+    from fleet.spec.validate import validate_paths
 
     files, problems = validate_paths([])
     if problems:
@@ -109,8 +110,8 @@ def run_once(manifest_path: Path = DEFAULT_MANIFEST, protocol: str = "grpc", con
     from rich.console import Console
 
     from fleet.local.triton import triton
-    from fleet.manifest import load_manifest
-    from fleet.triton import render
+    from fleet.spec.manifest import load_manifest
+    from fleet.triton.render import render
 
     console = console or Console()
     _validate_models(console)
@@ -282,8 +283,8 @@ def run_live(seconds: float, protocol: str = "grpc", manifest_path: Path = DEFAU
     from fleet.local.rtsp import rtsp_camera
     from fleet.local.s3 import local_s3
     from fleet.local.triton import triton
-    from fleet.manifest import load_manifest
-    from fleet.triton import render
+    from fleet.spec.manifest import load_manifest
+    from fleet.triton.render import render
 
     console = console or Console()
     _log_to(console)
@@ -337,7 +338,7 @@ def _run_app(console, manifest: ModelManifest, cfg_path: Path, seconds: float, b
 
     from app.config import load_config
     from app.metrics import Metrics
-    from app.pipeline import AppRunner
+    from app.runner import AppRunner
 
     resolved = load_config(cfg_path)
     counter = EventCounter(broker_port, resolved.config.site_id, resolved.config.device_id)

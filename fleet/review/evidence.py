@@ -1,4 +1,4 @@
-"""From an evidence package (event.json schema v1 + clip.mp4, written by app.evidence) to a review item.
+"""From an evidence package (event.json schema v1 + clip.mp4, written by app.evidence.packager) to a review item.
 
 The item's frame is the clip's frame nearest the event time, with that frame's detections as the
 model's boxes; the clip is referenced by its path in the evidence store, so the reviewer can play it.
@@ -15,7 +15,7 @@ import cv2
 import jsonschema
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from app.evidence import SCHEMA_PATH
+from fleet.spec.events import EVENT_SCHEMA_PATH as SCHEMA_PATH
 
 
 class PackageError(ValueError):

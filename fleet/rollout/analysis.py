@@ -16,8 +16,9 @@ from string import Template
 
 import requests
 
-from fleet.fleetspec import Analysis, Check, format_duration
-from fleet.manifest import ModelManifest
+from fleet.spec.durations import format_duration
+from fleet.spec.fleetspec import Analysis, Check
+from fleet.spec.manifest import ModelManifest
 
 VERDICTS = ("pass", "fail", "inconclusive")
 

@@ -6,9 +6,9 @@ from collections.abc import Iterable
 
 from balena import Balena
 
-from fleet.fleetspec import APP_TAG
 from fleet.rollout.model import Device, Observed, Release
 from fleet.rollout.state import STATE_TAG
+from fleet.spec.fleetspec import APP_TAG
 
 TAGS = {"$select": ["tag_key", "value"]}
 RELEASE_FIELDS = ["id", "commit", "status", "created_at", "is_invalidated"]

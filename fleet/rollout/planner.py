@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from fleet.fleetspec import APP_TAG, MODEL_TAG, FleetSpec, RolloutPolicy
-from fleet.manifest import ModelManifest
 from fleet.rollout.analysis import AnalysisRequest, AnalysisResult
 from fleet.rollout.model import (
     AdoptPins,
@@ -28,6 +26,8 @@ from fleet.rollout.model import (
 )
 from fleet.rollout.selection import CanaryMissing, stage_members, stages
 from fleet.rollout.state import ACTIVE, RolloutState, iso, read_pins, read_state
+from fleet.spec.fleetspec import APP_TAG, MODEL_TAG, FleetSpec, RolloutPolicy
+from fleet.spec.manifest import ModelManifest
 
 
 class PlanRefused(ValueError):

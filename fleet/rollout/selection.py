@@ -12,8 +12,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fleet.fleetspec import RolloutPolicy
 from fleet.rollout.model import Device
+from fleet.spec.fleetspec import RolloutPolicy
 
 
 def rank(key: str, uuid: str) -> int:

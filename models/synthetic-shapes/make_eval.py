@@ -8,8 +8,8 @@ The PR workflow runs `edgecv gates` on eval/ground_truth.json + eval/predictions
 import json
 from pathlib import Path
 
-from fleet.synthetic.scenes import SceneStyle, make_dataset
-from fleet.synthetic.train import predict
+from fleet.retrain.synthetic.scenes import SceneStyle, make_dataset
+from fleet.retrain.synthetic.train import predict
 
 HERE = Path(__file__).parent
 

@@ -21,14 +21,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from app.alerts import AlertPublisher
-from app.drift import DriftConfig, DriftMonitor
-from app.sampling import ReviewSampler, SamplingConfig
+from app.alerts.publisher import AlertPublisher
+from app.drift.monitors import DriftConfig, DriftMonitor
+from app.drift.sampling import ReviewSampler, SamplingConfig
 from fleet.cli import main
 from fleet.local.mosquitto import mosquitto
-from fleet.manifest import load_manifest
-from fleet.synthetic.scenes import CLASSES, SceneStyle, make_dataset, make_scene
-from fleet.validation import validate_paths
+from fleet.retrain.synthetic.scenes import CLASSES, SceneStyle, make_dataset, make_scene
+from fleet.spec.manifest import load_manifest
+from fleet.spec.validate import validate_paths
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -37,7 +37,7 @@ HELD_OUT = 300
 
 
 def run_gates(manifest: Path, onnx: Path, style: SceneStyle, out: Path) -> tuple[int, Path]:
-    from fleet.synthetic.train import predict
+    from fleet.retrain.synthetic.train import predict
 
     images, gt = make_dataset(HELD_OUT, seed=999, style=style)
     out.mkdir(parents=True, exist_ok=True)
@@ -54,7 +54,7 @@ def run_gates(manifest: Path, onnx: Path, style: SceneStyle, out: Path) -> tuple
 
 
 def detections(onnx: Path, images: list[np.ndarray], threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    from fleet.synthetic.train import predict
+    from fleet.retrain.synthetic.train import predict
 
     by_image: dict[int, list[dict]] = {i + 1: [] for i in range(len(images))}
     for p in predict(onnx, images, score_threshold=threshold):
@@ -68,13 +68,12 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of the model's registry folder in a throwaway repository root."""
     root = tmp_path / "repo"
     shutil.copytree(MODEL_DIR, root / "models" / "synthetic-shapes")
-    for module in ("fleet.validation", "fleet.manifest", "fleet.models_cli"):
-        monkeypatch.setattr(f"{module}.REPO_ROOT", root)
+    monkeypatch.chdir(root)  # validate with no paths checks the registry in the current directory
     return root
 
 
 def test_drift_review_retrain_gates_bump(repo: Path, tmp_path: Path):
-    from fleet.synthetic.train import export_onnx, train
+    from fleet.retrain.synthetic.train import export_onnx, train
 
     manifest_path = repo / "models" / "synthetic-shapes" / "manifest.yaml"
     manifest = load_manifest(manifest_path)

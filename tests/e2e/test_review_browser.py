@@ -22,13 +22,13 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from app.evidence import EvidenceConfig, EvidencePackager
-from app.types import Detections, Event
+from app.evidence.packager import EvidenceConfig, EvidencePackager
+from app.pipeline.types import Detections, Event
 from fleet.cli import main
 from fleet.local.procs import Service, free_port, http_ok
+from fleet.retrain.synthetic.scenes import CLASSES, make_scene
 from fleet.review.db import Database
 from fleet.review.models import Item
-from fleet.synthetic.scenes import CLASSES, make_scene
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

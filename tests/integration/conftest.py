@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from fleet.local.triton import TritonService, triton
-from fleet.manifest import REPO_ROOT, ModelManifest, load_manifest
-from fleet.triton import render
+from fleet.repo import REPO_ROOT
+from fleet.spec.manifest import ModelManifest, load_manifest
+from fleet.triton.render import render
 
 NANODET = REPO_ROOT / "models" / "nanodet-m" / "manifest.yaml"
 

@@ -13,10 +13,10 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from app.alerts import AlertPublisher
+from app.alerts.publisher import AlertPublisher
 from app.metrics import Metrics
-from app.rules import uuid7
-from app.types import Event
+from app.pipeline.rules import uuid7
+from app.pipeline.types import Event
 from fleet.local.mosquitto import mosquitto
 from fleet.local.procs import free_port
 
@@ -139,7 +139,7 @@ def test_broker_outage_mid_stream_loses_nothing_and_keeps_order(broker, tmp_path
 CRASHING_PUBLISHER = """
 import os, signal, sys, time
 sys.path.insert(0, {root!r})
-from app.alerts import AlertPublisher
+from app.alerts.publisher import AlertPublisher
 from tests.integration.test_alerts_mqtt import event
 pub = AlertPublisher("127.0.0.1", {dead_port}, "site-a", "jetson-01", {spool!r}, reconnect_min_s=0.1).start()
 for k in range(25):

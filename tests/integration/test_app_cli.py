@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from fleet.manifest import REPO_ROOT
+from fleet.repo import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 

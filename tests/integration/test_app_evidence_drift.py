@@ -25,12 +25,12 @@ import yaml
 from moto.server import ThreadedMotoServer
 
 from app.config import load_config
-from app.evidence import SCHEMA_PATH
-from app.pipeline import AppRunner
+from app.evidence.packager import SCHEMA_PATH
+from app.runner import AppRunner
 from fleet.local.mosquitto import mosquitto
 from fleet.local.procs import free_port
 from fleet.local.rtsp import VTEST, sample_video
-from fleet.manifest import REPO_ROOT
+from fleet.repo import REPO_ROOT
 from fleet.review.auth import add_device_token
 from fleet.review.db import Database
 from fleet.review.settings import ReviewSettings

@@ -8,11 +8,11 @@ import pytest
 import yaml
 
 from app.config import load_config
-from app.infer import SHM_PREFIX
 from app.metrics import Metrics
-from app.pipeline import Pipeline
+from app.pipeline.infer import SHM_PREFIX
+from app.runner import Pipeline
 from fleet.local.rtsp import sample_video
-from fleet.manifest import REPO_ROOT
+from fleet.repo import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

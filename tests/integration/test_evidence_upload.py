@@ -11,7 +11,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from app.evidence_store import EvidenceStore, Uploader
+from app.evidence.store import EvidenceStore, Uploader
 from app.metrics import Metrics
 from fleet.local.procs import free_port
 

@@ -30,8 +30,9 @@ from fleet.local.mosquitto import mosquitto
 from fleet.local.procs import free_port
 from fleet.local.rtsp import VTEST, rtsp_camera, sample_video
 from fleet.local.triton import triton
-from fleet.manifest import REPO_ROOT, load_manifest
-from fleet.triton import render
+from fleet.repo import REPO_ROOT
+from fleet.spec.manifest import load_manifest
+from fleet.triton.render import render
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 

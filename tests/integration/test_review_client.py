@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import select
 
 from app.metrics import Metrics
+from app.pipeline.types import Detections
 from app.review_client import ReviewClient, Sample
-from app.types import Detections
 from fleet.local.procs import free_port
 from fleet.review.models import Item
 from fleet.review.queue import DONE

@@ -13,14 +13,15 @@ from click.testing import CliRunner
 
 from fleet.demo import demo, infer_frames, sample_frames
 from fleet.local.triton import triton
-from fleet.triton import render
+from fleet.repo import REPO_ROOT
+from fleet.triton.render import render
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")
 def session(nanodet_manifest):
-    return ort.InferenceSession(str(nanodet_manifest.artifact.local_path()), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(nanodet_manifest.artifact.local_path(REPO_ROOT)), providers=["CPUExecutionProvider"])
 
 
 def infer(client_mod, url, manifest, x):

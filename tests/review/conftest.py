@@ -17,7 +17,8 @@ import pytest
 from argon2 import PasswordHasher, profiles
 from sqlalchemy import create_engine, text
 
-from fleet.review import auth, localpg
+from fleet.local import postgres as localpg
+from fleet.review import auth
 from fleet.review.auth import add_device_token, add_reviewer
 from fleet.review.db import Database
 from fleet.review.models import Base

@@ -1,4 +1,4 @@
-"""Evidence packages written by the device app (app.evidence) become review items with a playable clip."""
+"""Evidence packages written by the device app (app.evidence.packager) become review items with a playable clip."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from app.evidence import EvidenceConfig, EvidencePackager
-from app.types import Detections, Event
+from app.evidence.packager import EvidenceConfig, EvidencePackager
+from app.pipeline.types import Detections, Event
 from fleet.cli import main
 from fleet.review.evidence import PackageError, item_from_package, post_item
 from fleet.review.models import Item

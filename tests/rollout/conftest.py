@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet.fleetspec import APP_TAG, MODEL_TAG, RolloutPolicy
 from fleet.rollout.analysis import AnalysisRequest, AnalysisResult, CheckResult
 from fleet.rollout.balena_client import RetryPolicy, connect
 from fleet.rollout.controller import Controller
 from fleet.rollout.planner import Desired
-from tests.balena_double import BalenaDouble
+from fleet.spec.fleetspec import APP_TAG, MODEL_TAG, RolloutPolicy
+from tests.support.balena_double import BalenaDouble
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SLUG = "acme/edgecv-orin"
@@ -138,7 +138,7 @@ def fleet_repo(root: Path, app: str = "1.4.0", **rollout: object) -> Path:
     manifest["artifact"]["uri"] = "s3://edgecv-models/nanodet-m/1.0.0/model.onnx"
     (root / "models/nanodet-m").mkdir(parents=True, exist_ok=True)
     (root / "models/nanodet-m/manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
-    fleet = {"fleet": SLUG, "release": {"app": app, "models": ["models/nanodet-m/manifest.yaml"]},
+    fleet = {"kind": "fleet", "fleet": SLUG, "release": {"app": app, "models": ["models/nanodet-m/manifest.yaml"]},
              "rollout": {"canary": {"tag": {"key": "edgecv.canary", "value": "true"}}, **rollout}}
     (root / "fleets").mkdir(exist_ok=True)
     path = root / "fleets/edgecv-orin.yaml"

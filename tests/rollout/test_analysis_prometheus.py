@@ -13,11 +13,11 @@ import yaml
 from prometheus_client import start_http_server
 
 from app.metrics import Metrics
-from fleet.fleetspec import Analysis
 from fleet.local.procs import free_port
 from fleet.local.prometheus import prometheus, wait_for
-from fleet.manifest import parse_manifest
 from fleet.rollout.analysis import AnalysisRequest, Analyzer, Prometheus
+from fleet.spec.fleetspec import Analysis
+from fleet.spec.manifest import parse_manifest
 from tests.rollout.conftest import make_world
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

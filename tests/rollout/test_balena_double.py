@@ -6,8 +6,8 @@ import pytest
 from balena.exceptions import RequestError
 
 from fleet.rollout.balena_client import BalenaUnavailable, RetryPolicy, connect, transport
-from tests.balena_double import BalenaDouble
-from tests.balena_double.odata import In, ODataError, parse_filter, parse_query
+from tests.support.balena_double import BalenaDouble
+from tests.support.balena_double.odata import In, ODataError, parse_filter, parse_query
 
 
 @pytest.fixture

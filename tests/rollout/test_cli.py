@@ -63,4 +63,4 @@ def test_an_invalid_fleet_file_is_an_error_naming_the_file(cli, world: World, tm
     path = tmp_path / "fleets/edgecv-orin.yaml"
     path.write_text(path.read_text().replace("fleet: acme/edgecv-orin", "fleet: acme/edgecv-orin\nflet: typo"))
     code, out = cli("plan")
-    assert code == 1 and f"{path}:2: flet: unknown key" in out
+    assert code == 1 and f"{path}:3: flet: unknown key" in out

@@ -10,9 +10,10 @@ import yaml
 from click.testing import CliRunner
 
 from fleet.cli import main
-from fleet.fleetspec import load_fleet, parse_duration
 from fleet.rollout.planner import Desired
-from fleet.validation import check_file
+from fleet.spec.durations import parse_duration
+from fleet.spec.fleetspec import load_fleet
+from fleet.spec.validate import check_file
 from tests.rollout.conftest import fleet_repo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

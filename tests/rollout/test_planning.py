@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet.fleetspec import APP_TAG, MODEL_TAG
 from fleet.rollout.model import Device, Observed, PinDevices, Release
 from fleet.rollout.planner import Desired, PlanRefused, plan, resolve_release
 from fleet.rollout.selection import CanaryMissing, stage_members
 from fleet.rollout.state import Lease, RolloutState, decode_ids, encode_ids
+from fleet.spec.fleetspec import APP_TAG, MODEL_TAG
 from tests.rollout.conftest import MODEL, SLUG, policy
 
 NOW = datetime(2025, 3, 3, 8, 0, tzinfo=UTC)
@@ -107,7 +107,7 @@ def test_default_checks_only_use_metrics_the_device_exports():
     import re
 
     from app.metrics import Metrics
-    from fleet.fleetspec import DEFAULT_CHECKS
+    from fleet.spec.fleetspec import DEFAULT_CHECKS
 
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
     exported = {f.name + suffix for f in Metrics().registry.collect() for suffix in suffixes.get(f.type, ("",))}

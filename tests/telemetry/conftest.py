@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from app.health import HealthExporter
+from app.health.exporter import HealthExporter
 from app.metrics import Metrics
 from app.server import StatusServer
 from fleet.local.procs import free_port

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from prometheus_client import CollectorRegistry
 
-from app import health
+from app.health import exporter as health
 from app.metrics import Metrics
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "roles" / "telemetry" / "files" / "rules"
@@ -19,7 +19,7 @@ _SUFFIXES = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], 
 
 
 def app_metric_names() -> set[str]:
-    """Sample names of app.metrics.Metrics and app.health (counters end in _total, histograms in _bucket...)."""
+    """Sample names of app.metrics.Metrics and app.health.exporter (counters end in _total, histograms in _bucket...)."""
     names = set()
     for family in Metrics(CollectorRegistry()).registry.collect():
         names |= {family.name + s for s in _SUFFIXES.get(family.type, [""])}

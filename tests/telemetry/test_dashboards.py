@@ -1,5 +1,5 @@
 """Grafana JSON models: well-formed, every query parses on a real Prometheus, and every metric a query names
-is one the app exports (app.metrics.Metrics, app.health), a recording rule of ours, or Prometheus's own."""
+is one the app exports (app.metrics.Metrics, app.health.exporter), a recording rule of ours, or Prometheus's own."""
 
 from __future__ import annotations
 

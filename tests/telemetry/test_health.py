@@ -17,8 +17,15 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.health import HealthCollector, HealthExporter, PsutilSource, read_trip_points, throttled_zones, zone_name
-from app.netprobe import UpstreamProbe, parse_target, probe
+from app.health.exporter import (
+    HealthCollector,
+    HealthExporter,
+    PsutilSource,
+    read_trip_points,
+    throttled_zones,
+    zone_name,
+)
+from app.health.netprobe import UpstreamProbe, parse_target, probe
 from fleet.local.procs import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -259,7 +266,7 @@ def test_telemetry_health_serves_metrics_until_sigterm(listener):
 def test_telemetry_health_refuses_a_bad_mount():
     from click.testing import CliRunner
 
-    from app.telemetry_cli import telemetry
+    from fleet.telemetry.cli import telemetry
 
     result = CliRunner().invoke(telemetry, ["health", "--port", "0", "--mount", "/no/such/mount"])
     assert result.exit_code == 2 and "/no/such/mount" in result.output

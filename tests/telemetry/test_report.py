@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 from matplotlib import image
 
-from app.telemetry_cli import parse_duration, telemetry
 from fleet.local.procs import free_port
 from fleet.local.prometheus import wait_for
+from fleet.telemetry.cli import parse_duration, telemetry
 
 from .conftest import DEVICE
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app.tegrastats import TegrastatsParseError, parse_line
+from app.health.tegrastats import TegrastatsParseError, parse_line
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "tegrastats"
 MB = 1024**2

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.config import check_config, load_config
-from fleet.validation import ValidationFailed
+from fleet.spec.problems import ValidationFailed
 
 
 @pytest.fixture

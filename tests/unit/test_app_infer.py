@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from app.infer import SHM_PREFIX, remove_stale_regions
+from app.pipeline.infer import SHM_PREFIX, remove_stale_regions
 
 
 def test_stale_regions_of_dead_processes_are_removed_live_ones_kept(tmp_path):

@@ -7,8 +7,8 @@ import pytest
 import requests
 from prometheus_client import generate_latest
 
-from app.latency import LatencyRecorder, from_prometheus_text, histogram_quantile, write_report
 from app.metrics import Metrics
+from app.pipeline.latency import LatencyRecorder, from_prometheus_text, histogram_quantile, write_report
 from app.server import StatusServer
 
 

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.batcher import Batcher
+from app.pipeline.batcher import Batcher
 
 
 def test_full_batch_is_due_at_once():

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from app.capture import CameraReader, FrameSlot, backoff_delay
 from app.metrics import Metrics
-from app.types import Frame
+from app.pipeline.capture import CameraReader, FrameSlot, backoff_delay
+from app.pipeline.types import Frame
 from fleet.local.procs import free_port
 
 

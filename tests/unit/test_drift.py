@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from prometheus_client import generate_latest
 
-from app.drift import DriftConfig, DriftMonitor, SlidingHistogram, ks_binned, psi
+from app.drift.monitors import DriftConfig, DriftMonitor, SlidingHistogram, ks_binned, psi
+from app.drift.sampling import ReviewSampler, SamplingConfig
 from app.metrics import Metrics
-from app.sampling import ReviewSampler, SamplingConfig
-from fleet.manifest import ConfidenceHistogram
+from fleet.spec.manifest import ConfidenceHistogram
 
 EDGES = [round(0.05 * i, 2) for i in range(21)]
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from app.evidence import SCHEMA_PATH, EvidenceConfig, EvidencePackager, FrameRing
+from app.evidence.packager import SCHEMA_PATH, EvidenceConfig, EvidencePackager, FrameRing
 from app.metrics import Metrics
-from app.types import Detections, Event
+from app.pipeline.types import Detections, Event
 from fleet.cli import main
 
 CLASSES = ["person", "car"]

@@ -1,4 +1,4 @@
-"""Gate evaluation core (fleet.gates, fleet.cocoeval): hand-computed figures, confusions, COCO mAP vs pycocotools."""
+"""Gate evaluation core (fleet.gates.accuracy, fleet.gates.cocoeval): hand-computed figures, confusions, COCO mAP vs pycocotools."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from fleet.cocoeval import IOU_THRESHOLDS, average_precision, coco_map, match
-from fleet.gates import (
+from fleet.gates.accuracy import (
     BACKGROUND,
     GatesInputError,
     confidence_histogram,
@@ -23,7 +22,8 @@ from fleet.gates import (
     load_latency,
     load_predictions,
 )
-from fleet.manifest import ConfidenceHistogram, load_manifest
+from fleet.gates.cocoeval import IOU_THRESHOLDS, average_precision, coco_map, match
+from fleet.spec.manifest import ConfidenceHistogram, load_manifest
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gates"
 CLASSES = ["person", "bicycle", "car", "dog"]

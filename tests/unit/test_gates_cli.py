@@ -12,7 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from fleet.cli import main
-from fleet.manifest import ConfidenceHistogram
+from fleet.spec.manifest import ConfidenceHistogram
 from tests.unit.test_gates import FIXTURES, write_manifest
 
 GT, PRED = FIXTURES / "ground_truth.json", FIXTURES / "predictions.json"

@@ -10,10 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.postprocess import BoxesScoresClassesDecoder, NanoDetDecoder, box_iou, decoder_for, nms
-from app.preprocess import Preprocessor, letterbox_geometry
+from app.pipeline.postprocess import BoxesScoresClassesDecoder, NanoDetDecoder, box_iou, decoder_for, nms
+from app.pipeline.preprocess import Preprocessor, letterbox_geometry
 from fleet.demo import sample_frames
-from fleet.manifest import REPO_ROOT, BoxesScoresClassesParams, load_manifest
+from fleet.repo import REPO_ROOT
+from fleet.spec.manifest import BoxesScoresClassesParams, load_manifest
 
 PERSON = 0
 
@@ -109,7 +110,7 @@ def manifest():
 def session(manifest):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
-    return ort.InferenceSession(str(manifest.artifact.local_path()), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(manifest.artifact.local_path(REPO_ROOT)), opts, providers=["CPUExecutionProvider"])
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +139,7 @@ def test_nanodet_decoder_matches_the_cell_by_cell_reference(manifest, session, f
     dets = decoder_for(manifest)(outputs, infos)[0]
     ref = nanodet_ref(outputs, p, 416, len(manifest.classes), p.score_threshold, p.nms_iou)
     assert len(dets) == len(ref) > 0
-    from app.preprocess import unletterbox
+    from app.pipeline.preprocess import unletterbox
 
     ref_boxes = unletterbox(np.array([r[0] for r in ref]), infos[0])
     np.testing.assert_allclose(dets.boxes, ref_boxes, atol=1e-2)

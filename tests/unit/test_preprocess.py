@@ -7,8 +7,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from app.preprocess import LetterboxInfo, Preprocessor, letterbox_geometry, unletterbox
-from fleet.manifest import InputSpec
+from app.pipeline.preprocess import LetterboxInfo, Preprocessor, letterbox_geometry, unletterbox
+from fleet.spec.manifest import InputSpec
 
 MEAN, STD = [103.53, 116.28, 123.675], [57.375, 57.12, 58.395]
 

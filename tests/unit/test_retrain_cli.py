@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from fleet.cli import main
-from fleet.validation import validate_paths
+from fleet.spec.validate import validate_paths
 from tests.unit.test_validate import manifest_dict
 
 
@@ -108,9 +108,7 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "models" / "tiny" / "tiny.onnx").write_bytes(art)
     text = "# tiny: a test model\n" + yaml.safe_dump(manifest_dict("file://models/tiny/tiny.onnx", art), sort_keys=False)
     (tmp_path / "models" / "tiny" / "manifest.yaml").write_text(text)
-    monkeypatch.setattr("fleet.validation.REPO_ROOT", tmp_path)
-    monkeypatch.setattr("fleet.manifest.REPO_ROOT", tmp_path)
-    monkeypatch.setattr("fleet.models_cli.REPO_ROOT", tmp_path)
+    monkeypatch.chdir(tmp_path)  # validate with no paths checks the registry in the current directory
     return tmp_path
 
 

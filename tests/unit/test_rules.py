@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from app.geometry import points_in_polygon, segments_cross_line, side_of_line
 from app.metrics import Metrics
-from app.rules import Line, Rule, RuleEngine, RulesConfig, Zone, uuid7
-from app.types import Detections
+from app.pipeline.geometry import points_in_polygon, segments_cross_line, side_of_line
+from app.pipeline.rules import Line, Rule, RuleEngine, RulesConfig, Zone, uuid7
+from app.pipeline.types import Detections
 
 CLASSES = ["person", "bicycle", "car"]
 SQUARE = Zone(name="dock", polygon=[(100, 100), (300, 100), (300, 300), (100, 300)])

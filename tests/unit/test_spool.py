@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from app.spool import DB_NAME, Spool, SpoolLocked
+from app.alerts.spool import DB_NAME, Spool, SpoolLocked
 
 
 def test_fifo_order_and_persistence_across_reopen(tmp_path):
@@ -34,7 +34,7 @@ def test_appends_survive_a_killed_process(tmp_path):
     code = textwrap.dedent(
         f"""
         import os
-        from app.spool import Spool
+        from app.alerts.spool import Spool
         s = Spool({str(tmp_path)!r})
         for k in range(50):
             s.append("edgecv/s/d/cam/events", str(k).encode())
@@ -55,7 +55,7 @@ def test_one_user_per_directory(tmp_path):
 
 
 def test_full_spool_drops_the_oldest_and_says_so(tmp_path, caplog):
-    with Spool(tmp_path, max_items=3) as s, caplog.at_level(logging.ERROR, "app.spool"):
+    with Spool(tmp_path, max_items=3) as s, caplog.at_level(logging.ERROR, "app.alerts.spool"):
         s.extend([("t", str(k).encode()) for k in range(5)])
         assert [i.payload for i in s.peek(10)] == [b"2", b"3", b"4"]
         assert (len(s), s.dropped) == (3, 2)
@@ -64,7 +64,7 @@ def test_full_spool_drops_the_oldest_and_says_so(tmp_path, caplog):
 
 def test_unreadable_database_is_moved_aside_not_deleted(tmp_path, caplog):
     (tmp_path / DB_NAME).write_bytes(b"this is not an SQLite database" * 100)
-    with caplog.at_level(logging.ERROR, "app.spool"), Spool(tmp_path) as s:
+    with caplog.at_level(logging.ERROR, "app.alerts.spool"), Spool(tmp_path) as s:
         assert len(s) == 0
         s.append("t", b"x")
     aside = list(tmp_path.glob(f"{DB_NAME}.corrupt-*"))

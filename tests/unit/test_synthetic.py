@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fleet.synthetic.scenes import CLASSES, SceneStyle, make_dataset, make_scene
+from fleet.retrain.synthetic.scenes import CLASSES, SceneStyle, make_dataset, make_scene
 
 
 def test_boxes_are_tight_around_the_drawn_shapes():

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from app.tracker import Tracker, TrackerConfig
-from app.types import Detections
+from app.pipeline.tracker import Tracker, TrackerConfig
+from app.pipeline.types import Detections
 
 FPS = 10.0
 

@@ -12,8 +12,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from fleet.cli import main
-from fleet.manifest import REPO_ROOT, load_manifest
-from fleet.triton import PYTHON_MODEL, RenderError, render
+from fleet.repo import REPO_ROOT
+from fleet.spec.manifest import load_manifest
+from fleet.triton.render import PYTHON_MODEL, RenderError, render
 
 MANIFEST = REPO_ROOT / "models" / "nanodet-m" / "manifest.yaml"
 
@@ -41,7 +42,7 @@ def test_onnxruntime_config_follows_the_manifest(manifest, tmp_path):
     (group,) = cfg.instance_group
     assert group.count == manifest.triton.instances.count and group.kind == mc.ModelInstanceGroup.KIND_GPU
     assert cfg.parameters["manifest"].string_value == "nanodet-m@1.0.0"
-    assert (model_dir / "1" / "model.onnx").read_bytes() == manifest.artifact.local_path().read_bytes()
+    assert (model_dir / "1" / "model.onnx").read_bytes() == manifest.artifact.local_path(REPO_ROOT).read_bytes()
     assert not (model_dir / "1" / "model.py").exists()
 
 
@@ -76,7 +77,7 @@ def test_wrong_sha256_is_refused_and_nothing_is_replaced(manifest, tmp_path):
 
 def test_a_changed_artifact_is_refused(manifest, tmp_path):
     tampered = tmp_path / "model.onnx"
-    shutil.copy(manifest.artifact.local_path(), tampered)
+    shutil.copy(manifest.artifact.local_path(REPO_ROOT), tampered)
     with tampered.open("r+b") as f:
         f.seek(1000)
         f.write(b"\x00\x01\x02")

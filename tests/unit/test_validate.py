@@ -11,14 +11,15 @@ import yaml
 from click.testing import CliRunner
 
 from fleet.cli import main
-from fleet.manifest import ModelManifest
-from fleet.validation import check_file, validate_paths
+from fleet.spec.manifest import ModelManifest
+from fleet.spec.validate import check_file, validate_paths
 
 ARTIFACT = b"not really an onnx model, but bytes with a known digest"
 
 
 def manifest_dict(artifact_uri: str, data: bytes = ARTIFACT) -> dict:
     return {
+        "kind": "model-manifest",
         "name": "tiny",
         "version": "1.2.3",
         "task": "detection",
@@ -55,8 +56,7 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "models" / "tiny").mkdir(parents=True)
     (tmp_path / "models" / "tiny" / "tiny.onnx").write_bytes(ARTIFACT)
     write(tmp_path, manifest_dict("file://models/tiny/tiny.onnx"))
-    monkeypatch.setattr("fleet.validation.REPO_ROOT", tmp_path)
-    monkeypatch.setattr("fleet.manifest.REPO_ROOT", tmp_path)
+    monkeypatch.chdir(tmp_path)  # validate with no paths checks the registry in the current directory
     return tmp_path
 
 
@@ -67,7 +67,7 @@ def write(root: Path, data: dict | str) -> Path:
 
 
 def run(root: Path, *args: str):
-    # validate's default paths come from fleet.validation.REPO_ROOT, patched by the fixture.
+    # validate with no paths checks the registry in the current directory (the fixture's chdir).
     return CliRunner().invoke(main, ["validate", *args])
 
 
@@ -180,7 +180,28 @@ def test_explicit_path_outside_models_is_refused(tmp_path: Path):
     other.write_text("a: 1\n")
     result = CliRunner().invoke(main, ["validate", str(other)])
     assert result.exit_code == 1
-    assert "not a model manifest" in result.output
+    assert "random.yaml:1: kind: missing" in result.output
+
+
+def test_the_schema_comes_from_kind_not_from_the_path(tmp_path: Path):
+    """A manifest anywhere is checked as a manifest by its kind: field; --kind stands in for a missing one."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "tiny.onnx").write_bytes(ARTIFACT)
+    doc = manifest_dict("file://tiny.onnx")
+    path = tmp_path / "elsewhere" / "any-name.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    ok = CliRunner().invoke(main, ["validate", "--root", str(tmp_path / "elsewhere"), str(path)])
+    assert ok.exit_code == 0, ok.output
+    del doc["kind"]
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert CliRunner().invoke(main, ["validate", "--root", str(tmp_path / "elsewhere"), str(path)]).exit_code == 1
+    explicit = CliRunner().invoke(main, ["validate", "--kind", "model-manifest", "--root", str(tmp_path / "elsewhere"),
+                                         str(path)])
+    assert explicit.exit_code == 0, explicit.output
+    doc["kind"] = "fleet"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    wrong = CliRunner().invoke(main, ["validate", str(path)])
+    assert wrong.exit_code == 1 and "unknown key" in wrong.output
 
 
 def test_repository_models_are_valid(repo_root: Path):
@@ -200,6 +221,6 @@ def test_copy_of_real_manifest_with_bad_field(repo_root: Path, tmp_path: Path, m
     dst = tmp_path / "models" / "nanodet-m" / "manifest.yaml"
     dst.write_text(text)
     shutil.copy(real.parent / "nanodet-m.onnx", dst.parent / "nanodet-m.onnx")
-    monkeypatch.setattr("fleet.validation.REPO_ROOT", tmp_path)
+    monkeypatch.chdir(tmp_path)  # validate with no paths checks the registry in the current directory
     _, problems = check_file(dst)
     assert [p.field for p in problems] == ["task"]

@@ -1,0 +1,262 @@
+"""Evidence packaging: per-camera pre-roll ring buffer -> clip.mp4 (H.264) + event.json + thumbnail.
+
+Frames are kept JPEG-compressed in a ring capped in bytes, so pre-roll costs little memory.
+When an event fires it waits for its post-roll, then the clip is encoded on a worker thread
+(off the hot path) and the package is written atomically: built in a hidden temp directory
+and renamed into place, so the uploader never sees half a package.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.metrics import Metrics
+from app.pipeline.types import Detections, Event
+from fleet.spec.events import EVENT_SCHEMA_PATH
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = EVENT_SCHEMA_PATH
+
+
+class EvidenceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dir: Path = Path("/var/lib/edgecv/evidence")
+    pre_roll_s: float = Field(5.0, ge=0, le=30)
+    post_roll_s: float = Field(5.0, ge=0, le=30)
+    ring_bytes: int = Field(64 << 20, gt=0, description="memory cap of one camera's ring buffer")
+    jpeg_quality: int = Field(80, ge=30, le=100)
+    context_window_s: float = Field(300.0, ge=0, description="related events within this window")
+    disk_budget_bytes: int = Field(2 << 30, gt=0)
+
+
+@dataclass(slots=True)
+class StoredFrame:
+    time: float
+    seq: int
+    jpeg: bytes
+    detections: Detections | None
+
+
+class FrameRing:
+    """Recent frames of one camera, JPEG-compressed, capped in bytes and in age."""
+
+    def __init__(self, max_bytes: int, max_age_s: float, quality: int = 80):
+        self.max_bytes, self.max_age_s, self.quality = max_bytes, max_age_s, quality
+        self.frames: deque[StoredFrame] = deque()
+        self.bytes = 0
+        self.lock = threading.Lock()
+
+    def add(self, t: float, seq: int, image: np.ndarray, detections: Detections | None = None) -> None:
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        if not ok:
+            return
+        with self.lock:
+            self.frames.append(StoredFrame(t, seq, buf.tobytes(), detections))
+            self.bytes += len(buf)
+            while self.frames and (self.bytes > self.max_bytes or t - self.frames[0].time > self.max_age_s):
+                self.bytes -= len(self.frames.popleft().jpeg)
+
+    def attach(self, seq: int, detections: Detections) -> None:
+        """Detections arrive after the frame (inference is later in the pipeline)."""
+        with self.lock:
+            for f in reversed(self.frames):
+                if f.seq == seq:
+                    f.detections = detections
+                    return
+
+    def between(self, start: float, end: float) -> list[StoredFrame]:
+        with self.lock:
+            return [f for f in self.frames if start <= f.time <= end]
+
+
+def encode_h264(frames: list[np.ndarray], times: list[float], path: Path) -> dict:
+    """Encode BGR frames to a browser-playable MP4 (H.264, yuv420p). Returns clip facts."""
+    h, w = frames[0].shape[:2]
+    w2, h2 = w - w % 2, h - h % 2  # yuv420p needs even sizes
+    duration = max(times[-1] - times[0], 1e-3)
+    fps = max(1, round((len(frames) - 1) / duration)) if len(frames) > 1 else 1
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = w2, h2, "yuv420p"
+        stream.options = {"preset": "veryfast", "crf": "23", "movflags": "+faststart"}
+        for img in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img[:h2, :w2]), format="bgr24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return {"fps": fps, "frames": len(frames), "width": w2, "height": h2, "codec": "h264"}
+
+
+def draw_boxes(image: np.ndarray, dets: Detections | None, class_names: list[str]) -> np.ndarray:
+    out = image.copy()
+    if dets is None:
+        return out
+    for box, cls, score, tid in zip(dets.boxes, dets.class_ids, dets.scores, dets.track_ids, strict=True):
+        x1, y1, x2, y2 = (int(v) for v in box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), (0, 200, 255), 2)
+        label = f"{class_names[int(cls)]} {score:.2f}" + (f" #{int(tid)}" if tid >= 0 else "")
+        cv2.putText(out, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 200, 255), 1)
+    return out
+
+
+def _detections_json(dets: Detections | None, class_names: list[str]) -> list[dict]:
+    if dets is None:
+        return []
+    return [
+        {
+            "box": [round(float(v), 1) for v in box],
+            "class": class_names[int(cls)],
+            "class_id": int(cls),
+            "score": round(float(score), 4),
+            "track_id": int(tid),
+        }
+        for box, cls, score, tid in zip(dets.boxes, dets.class_ids, dets.scores, dets.track_ids, strict=True)
+    ]
+
+
+@dataclass
+class _Pending:
+    event: Event
+    due: float  # wall time when the post-roll is complete
+
+
+class EvidencePackager:
+    """Owns one ring per camera; `on_event` schedules a package once the post-roll is recorded."""
+
+    def __init__(self, config: EvidenceConfig, class_names: list[str], metrics: Metrics | None = None,
+                 admit=None):
+        self.config, self.class_names, self.metrics = config, class_names, metrics
+        self.admit = admit or (lambda: True)  # retention's say on whether there is room
+        self.rings: dict[str, FrameRing] = {}
+        self.pending: list[_Pending] = []
+        self.recent: deque[Event] = deque(maxlen=1000)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evidence")
+        self.futures: list[Future] = []
+        self.lock = threading.Lock()
+        config.dir.mkdir(parents=True, exist_ok=True)
+
+    def ring(self, camera_id: str) -> FrameRing:
+        if camera_id not in self.rings:
+            age = self.config.pre_roll_s + self.config.post_roll_s + 2.0
+            self.rings[camera_id] = FrameRing(self.config.ring_bytes, age, self.config.jpeg_quality)
+        return self.rings[camera_id]
+
+    def add_frame(self, camera_id: str, t: float, seq: int, image: np.ndarray,
+                  detections: Detections | None = None) -> None:
+        self.ring(camera_id).add(t, seq, image, detections)
+        self._flush_due(t)
+
+    def on_event(self, event: Event) -> bool:
+        """Schedule evidence for `event`; False when retention refuses (no disk budget)."""
+        if not self.admit():
+            if self.metrics:
+                self.metrics.evidence_refused.inc()
+            log.warning("evidence refused for %s: disk budget exhausted by un-uploaded evidence", event.event_id)
+            return False
+        with self.lock:
+            self.pending.append(_Pending(event, event.time + self.config.post_roll_s))
+        return True
+
+    def _flush_due(self, now: float) -> None:
+        with self.lock:
+            due = [p for p in self.pending if p.due <= now]
+            self.pending = [p for p in self.pending if p.due > now]
+        for p in due:
+            start = p.event.time - self.config.pre_roll_s
+            frames = self.ring(p.event.camera_id).between(start, p.due)
+            related = self._related(p.event)
+            self.recent.append(p.event)
+            if frames:
+                self.futures.append(self.pool.submit(self._write, p.event, frames, related))
+
+    def flush_all(self, timeout: float = 60.0) -> list[Path]:
+        """Package every pending event now (shutdown) and wait for the encoder."""
+        self._flush_due(float("inf"))
+        out = [f.result(timeout) for f in self.futures]
+        self.futures.clear()
+        return [p for p in out if p]
+
+    def close(self) -> None:
+        self.flush_all()
+        self.pool.shutdown(wait=True)
+
+    def _related(self, event: Event) -> list[dict]:
+        window = self.config.context_window_s
+        out = []
+        for other in self.recent:
+            if other.event_id == event.event_id or abs(other.time - event.time) > window:
+                continue
+            if other.camera_id == event.camera_id:
+                relation = "same_track" if other.track_id == event.track_id else "same_camera"
+                out.append({"event_id": other.event_id, "time": other.time, "rule": other.rule, "relation": relation})
+        return out
+
+    def _write(self, event: Event, frames: list[StoredFrame], related: list[dict]) -> Path | None:
+        final = self.config.dir / event.event_id
+        tmp = self.config.dir / f".tmp-{event.event_id}"
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            images = [cv2.imdecode(np.frombuffer(f.jpeg, np.uint8), cv2.IMREAD_COLOR) for f in frames]
+            clip = encode_h264(images, [f.time for f in frames], tmp / "clip.mp4")
+            clip.update(file="clip.mp4", start_time=frames[0].time, end_time=frames[-1].time)
+            nearest = min(range(len(frames)), key=lambda i: abs(frames[i].time - event.time))
+            thumb = draw_boxes(images[nearest], frames[nearest].detections, self.class_names)
+            cv2.imwrite(str(tmp / "thumbnail.jpg"), thumb)
+            doc = self._document(event, frames, clip, related)
+            (tmp / "event.json").write_text(json.dumps(doc, indent=1))
+            if final.exists():  # already packaged (a replayed event): keep the first
+                shutil.rmtree(tmp)
+            else:
+                os.replace(tmp, final)
+            if self.metrics:
+                self.metrics.evidence_written.inc()
+            return final
+        except Exception:  # a failed package must not kill the encoder thread
+            log.exception("evidence for %s failed", event.event_id)
+            shutil.rmtree(tmp, ignore_errors=True)
+            return None
+
+    def _document(self, event: Event, frames: list[StoredFrame], clip: dict, related: list[dict]) -> dict:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "event_id": event.event_id,
+            "created_at": datetime.now(UTC).isoformat(),
+            "event_time": event.time,
+            "site": event.site_id,
+            "device": event.device_id,
+            "camera": event.camera_id,
+            "model": event.model,
+            "rule": {"name": event.rule, "kind": event.kind},
+            "class": event.class_name,
+            "score": round(float(event.score), 4),
+            "track_id": int(event.track_id),
+            "box": [round(float(v), 1) for v in event.box],
+            "clip": clip,
+            "thumbnail": "thumbnail.jpg",
+            "frames": [
+                {"index": i, "time": f.time, "seq": f.seq, "detections": _detections_json(f.detections, self.class_names)}
+                for i, f in enumerate(frames)
+            ],
+            "context": {"window_s": self.config.context_window_s, "related_events": related},
+        }
+

@@ -1,0 +1,403 @@
+"""Inference through Triton: tritonclient (gRPC by default, HTTP selectable), batches of preprocessed frames.
+
+Buffers: `slots` batch buffers, each an input tensor (max_batch, *input shape) and one array per output.
+With system shared memory (Triton on this host) they are views into two regions (inputs, outputs) that are
+created and registered with Triton once at start, not per request; the pipeline preprocesses straight into
+`slot.input` and the outputs land in `slot.outputs` without any (de)serialisation. Without shared memory
+the same arrays travel in the request and response bodies.
+
+Requests run on a pool of `max_inflight` worker threads (the bound on requests in flight); results come
+back through `results()`, in completion order, and the pipeline releases each slot when done with it.
+
+Triton going away (restart, crash): failed requests come back as errors (the pipeline drops and counts the
+frames), `ready` turns False (health degraded) and a monitor thread polls until the model is ready again,
+then re-registers the shared memory (a new server knows nothing of it) and turns `ready` back on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tritonclient.utils import InferenceServerException
+from tritonclient.utils import shared_memory as shm
+
+from fleet.spec.manifest import ModelManifest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BufferSlot:
+    """One batch's tensors. `input[i]` is where the pipeline writes frame i of the batch."""
+
+    index: int
+    input: np.ndarray
+    outputs: dict[str, np.ndarray]
+    input_offset: int = 0
+    output_offsets: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    slot: BufferSlot
+    n: int  # images in the batch
+    context: Any  # what the pipeline passed to submit()
+    outputs: dict[str, np.ndarray] | None  # name -> (n, ...) arrays; None on error
+    error: str | None
+    seconds: float  # request round trip
+
+
+def _dtype(spec) -> np.dtype:
+    return np.dtype(spec.dtype.numpy)
+
+
+class TritonInfer:
+    """See the module docstring. `on_result` is called (from a worker thread) after each result is queued."""
+
+    def __init__(
+        self,
+        manifest: ModelManifest,
+        url: str,
+        *,
+        protocol: str = "grpc",
+        model_name: str | None = None,
+        max_batch: int = 1,
+        max_inflight: int = 2,
+        shared_memory: bool = False,
+        request_timeout_s: float = 5.0,
+        poll_s: float = 1.0,
+        metrics=None,
+        on_result: Callable[[], None] | None = None,
+    ):
+        if protocol not in ("grpc", "http"):
+            raise ValueError(f"protocol must be grpc or http, not {protocol!r}")
+        self.manifest, self.url, self.protocol = manifest, url, protocol
+        self.model_name = model_name or manifest.name
+        self.max_batch, self.max_inflight = max_batch, max_inflight
+        self.request_timeout_s, self.poll_s = request_timeout_s, poll_s
+        self.metrics, self.on_result = metrics, on_result
+        self.input_spec = manifest.input
+        self.output_specs = list(manifest.outputs)
+        # Outputs of variable shape cannot be given a fixed place in shared memory.
+        fixed_outputs = all(d > 0 for o in self.output_specs for d in o.shape)
+        self.shared_memory = shared_memory and fixed_outputs
+        self.ready = False
+        self.errors = 0
+        self._module = _client_module(protocol)
+        self._local = threading.local()
+        self._results: queue.SimpleQueue[Result] = queue.SimpleQueue()
+        self._free: list[BufferSlot] = []
+        self._slots_made = False
+        self._lock = threading.Lock()
+        self._inflight = 0
+        self._regions: list[tuple[str, str, int, Any]] = []  # (triton name, key, size, handle)
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._pool: ThreadPoolExecutor | None = None
+        self._monitor: threading.Thread | None = None
+
+    # --- buffers -----------------------------------------------------------------------------------
+
+    def _make_slots(self, count: int) -> None:
+        in_shape = (self.max_batch, *self.input_spec.shape)
+        in_bytes = int(np.prod(in_shape)) * _dtype(self.input_spec).itemsize
+        out_shapes = {o.name: (self.max_batch, *o.shape) for o in self.output_specs}
+        out_bytes = {o.name: int(np.prod(out_shapes[o.name])) * _dtype(o).itemsize for o in self.output_specs}
+        if not self.shared_memory:
+            for i in range(count):
+                outs = {o.name: np.zeros(out_shapes[o.name], _dtype(o)) for o in self.output_specs}
+                self._free.append(BufferSlot(i, np.zeros(in_shape, _dtype(self.input_spec)), outs))
+            return
+        remove_stale_regions()
+        tag = f"{SHM_PREFIX}{os.getpid()}_{id(self) & 0xFFFFFF:x}"
+        per_slot_out = sum(out_bytes.values())
+        in_region = self._create_region(f"{tag}_in", in_bytes * count)
+        out_region = self._create_region(f"{tag}_out", per_slot_out * count)
+        for i in range(count):
+            in_off = i * in_bytes
+            inp = shm.get_contents_as_numpy(in_region, _dtype(self.input_spec), in_shape, in_off)
+            outs, offs, off = {}, {}, i * per_slot_out
+            for o in self.output_specs:
+                outs[o.name] = shm.get_contents_as_numpy(out_region, _dtype(o), out_shapes[o.name], off)
+                offs[o.name] = off
+                off += out_bytes[o.name]
+            self._free.append(BufferSlot(i, inp, outs, in_off, offs))
+
+    def _create_region(self, name: str, size: int):
+        handle = shm.create_shared_memory_region(name, f"/{name}", size, create_only=True)
+        self._regions.append((name, f"/{name}", size, handle))
+        return handle
+
+    @property
+    def input_region(self) -> str | None:
+        return self._regions[0][0] if self._regions else None
+
+    @property
+    def output_region(self) -> str | None:
+        return self._regions[1][0] if self._regions else None
+
+    def acquire(self) -> BufferSlot | None:
+        """A free batch buffer, or None while every one is in flight or waiting to be released."""
+        with self._lock:
+            return self._free.pop() if self._free else None
+
+    def release(self, slot: BufferSlot) -> None:
+        with self._lock:
+            self._free.append(slot)
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self, ready_timeout_s: float = 120.0, cancel: threading.Event | None = None) -> TritonInfer:
+        """Wait until the model is ready (TimeoutError after ready_timeout_s; InterruptedError when `cancel`
+        is set meanwhile), then register shared memory."""
+        if not self._slots_made:
+            self._make_slots(self.max_inflight + 1)
+            self._slots_made = True
+        deadline = time.monotonic() + ready_timeout_s
+        while not self._check_ready():
+            if cancel is not None and cancel.is_set():
+                self.close()
+                raise InterruptedError("stopped while waiting for Triton")
+            if time.monotonic() > deadline:
+                self.close()
+                raise TimeoutError(f"model '{self.model_name}' not ready on {self.protocol}://{self.url} "
+                                   f"after {ready_timeout_s:.0f}s")
+            time.sleep(0.2)
+        try:
+            self._register()
+        except Exception as exc:
+            self.close()
+            raise RuntimeError(f"Triton at {self.url} refused our system shared memory ({_describe(exc)}); "
+                               "shared_memory: on needs Triton on this host") from exc
+        self._set_ready(True)
+        self._pool = ThreadPoolExecutor(self.max_inflight, thread_name_prefix="infer")
+        self._monitor = threading.Thread(target=self._watch, name="triton-monitor", daemon=True)
+        self._monitor.start()
+        return self
+
+    def close(self, drain_timeout_s: float = 5.0) -> None:
+        """Wait for requests in flight (up to drain_timeout_s), stop, unregister and free shared memory."""
+        deadline = time.monotonic() + drain_timeout_s
+        while self._inflight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._stop.set()
+        self._wake.set()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._monitor is not None:
+            self._monitor.join(5)
+        with self._lock:
+            self._free = []  # no views into the regions may outlive them
+        if self._regions:
+            try:
+                for name, *_ in self._regions:
+                    self._client().unregister_system_shared_memory(name)
+            except Exception as exc:  # the server may be gone; the regions are ours to free regardless
+                log.debug("unregister shared memory: %s", exc)
+            for *_, handle in self._regions:
+                shm.destroy_shared_memory_region(handle)
+            self._regions = []
+
+    # --- requests ----------------------------------------------------------------------------------
+
+    def submit(self, slot: BufferSlot, n: int, context: Any = None) -> None:
+        """Send the first n images of slot.input; the result (or error) comes back through results()."""
+        if self._pool is None:
+            raise RuntimeError("start() first")
+        if not 1 <= n <= self.max_batch:
+            raise ValueError(f"batch of {n}, max_batch is {self.max_batch}")
+        with self._lock:
+            self._inflight += 1
+        if self.metrics is not None:
+            self.metrics.inflight.set(self._inflight)
+        self._pool.submit(self._run, slot, n, context)
+
+    def results(self) -> list[Result]:
+        out = []
+        while True:
+            try:
+                out.append(self._results.get_nowait())
+            except queue.Empty:
+                return out
+
+    def infer_now(self, slot: BufferSlot, n: int) -> dict[str, np.ndarray]:
+        """One synchronous request (for tools and tests); raises on error."""
+        return self._request(slot, n)
+
+    def _run(self, slot: BufferSlot, n: int, context: Any) -> None:
+        t0 = time.perf_counter()
+        try:
+            outputs, error = self._request(slot, n), None
+        except Exception as exc:  # any failure: the frames are dropped, Triton's health re-checked
+            outputs, error = None, _describe(exc)
+            self._failed(exc)
+        with self._lock:
+            self._inflight -= 1
+        if self.metrics is not None:
+            self.metrics.inflight.set(self._inflight)
+        self._results.put(Result(slot, n, context, outputs, error, time.perf_counter() - t0))
+        if self.on_result is not None:
+            self.on_result()
+
+    def _request(self, slot: BufferSlot, n: int) -> dict[str, np.ndarray]:
+        mod = self._module
+        spec = self.input_spec
+        inp = mod.InferInput(spec.name, [n, *spec.shape], spec.dtype.value)
+        if self.shared_memory:
+            nbytes = slot.input[:n].nbytes
+            inp.set_shared_memory(self.input_region, nbytes, slot.input_offset)
+            outs = []
+            for o in self.output_specs:
+                req = mod.InferRequestedOutput(o.name)
+                req.set_shared_memory(self.output_region, slot.outputs[o.name][:n].nbytes, slot.output_offsets[o.name])
+                outs.append(req)
+        else:
+            if self.protocol == "http":
+                inp.set_data_from_numpy(slot.input[:n], binary_data=True)
+                outs = [mod.InferRequestedOutput(o.name, binary_data=True) for o in self.output_specs]
+            else:
+                inp.set_data_from_numpy(slot.input[:n])
+                outs = [mod.InferRequestedOutput(o.name) for o in self.output_specs]
+        kwargs = {"client_timeout": self.request_timeout_s} if self.protocol == "grpc" else {}
+        response = self._client().infer(self.model_name, [inp], outputs=outs, **kwargs)
+        if self.shared_memory:
+            return {o.name: slot.outputs[o.name][:n] for o in self.output_specs}
+        result = {}
+        for o in self.output_specs:
+            arr = response.as_numpy(o.name)
+            if arr is None:
+                raise InferenceServerException(f"response lacks output '{o.name}'")
+            result[o.name] = arr
+        return result
+
+    # --- health ------------------------------------------------------------------------------------
+
+    def _client(self):
+        # The HTTP client is not thread-safe: every thread gets its own (gRPC's too, for symmetry).
+        client = getattr(self._local, "client", None)
+        if client is None:
+            if self.protocol == "grpc":
+                client = self._module.InferenceServerClient(self.url)
+            else:
+                timeout = self.request_timeout_s
+                client = self._module.InferenceServerClient(self.url, connection_timeout=timeout,
+                                                            network_timeout=timeout)
+            self._local.client = client
+        return client
+
+    def _check_ready(self) -> bool:
+        try:
+            return bool(self._client().is_model_ready(self.model_name))
+        except Exception:  # connection refused, server starting: simply not ready
+            self._drop_client()  # a fresh connection next time
+            return False
+
+    def _drop_client(self) -> None:
+        client = getattr(self._local, "client", None)
+        self._local.client = None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    def _register(self) -> None:
+        client = self._client()
+        for name, key, size, _ in self._regions:
+            try:
+                client.unregister_system_shared_memory(name)
+            except InferenceServerException:
+                pass
+            client.register_system_shared_memory(name, key, size)
+
+    def _failed(self, exc: Exception) -> None:
+        self.errors += 1
+        if self.metrics is not None:
+            self.metrics.triton_errors.labels(_kind(exc)).inc()
+        log.warning("inference failed: %s", _describe(exc))
+        self._drop_client()
+        self._set_ready(False)
+        self._wake.set()
+
+    def _watch(self) -> None:
+        """Poll the model's readiness; after an outage re-register shared memory before turning ready."""
+        while not self._stop.is_set():
+            self._wake.wait(self.poll_s if self.ready else min(self.poll_s, 0.25))
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            ok = self._check_ready()
+            if ok and not self.ready:
+                try:
+                    self._register()
+                except Exception as exc:
+                    log.warning("re-registering shared memory failed: %s", _describe(exc))
+                    ok = False
+            if ok != self.ready:
+                log.warning("triton %s", "ready again" if ok else "not ready")
+                self._set_ready(ok)
+
+    def _set_ready(self, up: bool) -> None:
+        self.ready = up
+        if self.metrics is not None:
+            self.metrics.triton_up.set(1 if up else 0)
+
+
+SHM_PREFIX = "edgecv_app_"  # /dev/shm/edgecv_app_<pid>_<id>_{in,out}
+
+
+def remove_stale_regions(shm_dir: str = "/dev/shm") -> list[str]:
+    """Unlink regions left by app processes that are gone (killed before they could free them)."""
+    removed = []
+    for path in glob.glob(f"{shm_dir}/{SHM_PREFIX}*"):
+        pid = os.path.basename(path).removeprefix(SHM_PREFIX).split("_", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+                removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _client_module(protocol: str):
+    if protocol == "grpc":
+        import tritonclient.grpc as mod
+    else:
+        import tritonclient.http as mod
+    return mod
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+def _kind(exc: Exception) -> str:
+    text = str(exc).lower()
+    if "deadline" in text or "timed out" in text or "timeout" in text:
+        return "timeout"
+    if "unavailable" in text or "connect" in text or "refused" in text or "broken pipe" in text:
+        return "unavailable"
+    return "server"
+
