@@ -1,0 +1,157 @@
+"""A fleet in the balena API double, a simulated clock, and a controller driving it through the real SDK."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fleet.repo import REPO_ROOT
+from fleet.rollout.analysis import AnalysisRequest, AnalysisResult, CheckResult
+from fleet.rollout.balena_client import RetryPolicy, connect
+from fleet.rollout.controller import Controller
+from fleet.rollout.planner import Desired
+from fleet.spec.fleetspec import APP_TAG, MODEL_TAG, RolloutPolicy
+from tests.support.balena_double import BalenaDouble
+
+SLUG = "acme/edgecv-orin"
+MODEL = "nanodet-m@1.0.0"
+
+
+class SimClock:
+    def __init__(self, start: datetime = datetime(2025, 3, 3, 8, 0, tzinfo=UTC)):
+        self.t = start
+
+    def __call__(self) -> datetime:
+        return self.t
+
+    def advance(self, **kw: float) -> None:
+        self.t += timedelta(**kw)
+
+    def sleep(self, seconds: float) -> None:  # retries wait in simulated time
+        self.t += timedelta(seconds=seconds)
+
+
+class ScriptedAnalyzer:
+    """Stands in for Prometheus in the scenario tests: a verdict per stage (the real queries are tested
+    against a real Prometheus in test_analysis_prometheus.py)."""
+
+    def __init__(self, verdict: Callable[[AnalysisRequest], str] | str = "pass"):
+        self.verdict = verdict if callable(verdict) else (lambda req, v=verdict: v)
+        self.calls: list[AnalysisRequest] = []
+
+    def run(self, req: AnalysisRequest, at: datetime) -> AnalysisResult:
+        self.calls.append(req)
+        v = self.verdict(req)
+        check = CheckResult("inference_p95_ms", v, 40.0 if v == "pass" else 180.0, 41.0, 500.0,
+                            {"pass": "40 <= 100", "fail": "180 > 100", "inconclusive": "3 samples < 100"}[v])
+        return AnalysisResult(req.stage, v, (check,), at, len(req.devices), len(req.baseline))
+
+
+def policy(**over: object) -> RolloutPolicy:
+    data = {"canary": {"tag": {"key": "edgecv.canary", "value": "true"}, "max_devices": 2, "soak": "24h"},
+            "pilot": {"percent": 10, "soak": "48h"},
+            "waves": [{"percent": 25, "soak": "24h"}, {"percent": 50, "soak": "24h"}, {"percent": 100, "soak": "24h"}]}
+    data.update(over)
+    return RolloutPolicy.model_validate(data)
+
+
+@dataclass
+class World:
+    api: BalenaDouble
+    clock: SimClock
+    app_id: int
+    old: dict  # the release the fleet runs
+    new: dict  # the release the fleet file asks for
+    devices: list[dict]
+    desired: Desired
+    sdks: list = field(default_factory=list)
+
+    def controller(self, analyzer: object | None = None, retry: RetryPolicy | None = None, **kw: object) -> Controller:
+        sdk = connect(self.api.url, self.api.key, retry or RetryPolicy(attempts=5, backoff_s=1.0),
+                      sleep=self.clock.sleep)
+        self.sdks.append(sdk)
+        kw.setdefault("clock", self.clock)
+        return Controller(sdk, self.desired, analyzer, **kw)  # type: ignore[arg-type]
+
+    def pins(self) -> dict[str, int | None]:
+        with self.api.lock:
+            return {d["uuid"]: d["is_pinned_on__release"] for d in self.api.store.tables["device"].values()}
+
+    def pinned_to(self, release: dict) -> set[str]:
+        return {u for u, p in self.pins().items() if p == release["id"]}
+
+    def fleet_release(self) -> int | None:
+        return self.api.store.tables["application"][self.app_id]["should_be_running__release"]
+
+    def state(self) -> dict | None:
+        import json
+
+        with self.api.lock:
+            for t in self.api.store.tables["release_tag"].values():
+                if t["release"] == self.new["id"] and t["tag_key"] == "edgecv.rollout":
+                    return json.loads(t["value"])
+        return None
+
+    def state_of(self, c: Controller) -> str | None:
+        """Status of the rollout of the release the controller `c` is asked for."""
+        import json
+
+        target = next(r for r in self.api.store.tables["release"].values()
+                      if any(t["release"] == r["id"] and t["tag_key"] == "edgecv.app" and t["value"] == c.desired.app
+                             for t in self.api.store.tables["release_tag"].values()))
+        for t in self.api.store.tables["release_tag"].values():
+            if t["release"] == target["id"] and t["tag_key"] == "edgecv.rollout":
+                return json.loads(t["value"])["status"]
+        return None
+
+    def pin_changes(self) -> dict[int, list[tuple[int | None, str]]]:
+        return self.api.store.pin_history
+
+
+def make_world(api: BalenaDouble, n: int = 40, canaries: int = 2, offline: tuple[int, ...] = (),
+               new_status: str = "success", uuids: list[str] | None = None, **policy_over: object) -> World:
+    s = api.store
+    app = s.add_application(SLUG)
+    old = s.add_release(app["id"], "0" * 39 + "1", tags={APP_TAG: "1.3.0", MODEL_TAG: "nanodet-m@0.9.0"})
+    s.tables["application"][app["id"]]["should_be_running__release"] = old["id"]
+    new = s.add_release(app["id"], "ab" * 20, status=new_status, tags={APP_TAG: "1.4.0", MODEL_TAG: MODEL})
+    devices = []
+    uuids = uuids or [f"{i + 1:032x}" for i in range(n)]
+    for i, uuid in enumerate(uuids):
+        tags = {"edgecv.canary": "true"} if i < canaries else {}
+        devices.append(s.add_device(app["id"], uuid, running=old["id"], online=i not in offline,
+                                    tags=tags, device_name=f"orin-{i:03d}"))
+    desired = Desired(SLUG, "1.4.0", (MODEL,), None, policy(**policy_over))
+    return World(api, SimClock(), app["id"], old, new, devices, desired)
+
+
+def fleet_repo(root: Path, app: str = "1.4.0", **rollout: object) -> Path:
+    """A repository with fleets/<fleet>.yaml and the model manifest it names (a copy of nanodet-m's,
+    with name and version fixed and a remote artifact, so it does not depend on the bundled file)."""
+    manifest = yaml.safe_load((REPO_ROOT / "models/nanodet-m/manifest.yaml").read_text())
+    manifest.update(name="nanodet-m", version="1.0.0", gate_report=None)
+    manifest["artifact"]["uri"] = "s3://edgecv-models/nanodet-m/1.0.0/model.onnx"
+    (root / "models/nanodet-m").mkdir(parents=True, exist_ok=True)
+    (root / "models/nanodet-m/manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    fleet = {"kind": "fleet", "fleet": SLUG, "release": {"app": app, "models": ["models/nanodet-m/manifest.yaml"]},
+             "rollout": {"canary": {"tag": {"key": "edgecv.canary", "value": "true"}}, **rollout}}
+    (root / "fleets").mkdir(exist_ok=True)
+    path = root / "fleets/edgecv-orin.yaml"
+    path.write_text(yaml.safe_dump(fleet, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def api():
+    with BalenaDouble() as double:
+        yield double
+
+
+@pytest.fixture
+def world(api: BalenaDouble) -> World:
+    return make_world(api)

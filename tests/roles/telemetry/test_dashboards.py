@@ -1,0 +1,114 @@
+"""Grafana JSON models: well-formed, every query parses on a real Prometheus, and every metric a query names
+is one the app exports (app.metrics.Metrics, app.health.exporter), a recording rule of ours, or Prometheus's own."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from fleet.local.prometheus import query, wait_for
+from fleet.repo import REPO_ROOT
+from tests.support.promql import PROMETHEUS_OWN, app_metric_names, metric_names, recorded_names
+
+DASHBOARDS = REPO_ROOT / "roles" / "telemetry" / "files" / "dashboards"
+# Grafana's built-in variables, as a Prometheus would see them after Grafana expands them.
+GRAFANA_BUILTINS = {"__rate_interval": "5m", "__interval": "1m", "__range": "1h"}
+
+
+def expand(expr: str) -> str:
+    """Grafana variables -> something Prometheus accepts: built-ins get durations, ours match anything."""
+    def sub(m: re.Match) -> str:
+        name = m.group(1) or m.group(2)
+        return GRAFANA_BUILTINS.get(name, ".*")
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", sub, expr)
+
+
+def dashboards() -> dict[str, dict]:
+    return {p.name: json.loads(p.read_text()) for p in sorted(DASHBOARDS.glob("*.json"))}
+
+
+def queries(board: dict) -> list[tuple[str, str]]:
+    """(where, PromQL) for every panel target and every query variable (label_values(SELECTOR, label))."""
+    out = [(f"panel {p['id']} {p['title']!r} target {t['refId']}", t["expr"])
+           for p in board["panels"] for t in p.get("targets", [])]
+    for v in board["templating"]["list"]:
+        if v["type"] == "query":
+            m = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", v["query"]["query"])
+            assert m, f"variable {v['name']}: only label_values(SELECTOR, LABEL) is used here"
+            out.append((f"variable {v['name']}", m.group(1)))
+    return out
+
+
+def test_the_four_dashboards_are_there():
+    assert set(dashboards()) == {"fleet-overview.json", "site.json", "device.json", "model.json"}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in DASHBOARDS.glob("*.json")))
+def test_dashboard_is_a_well_formed_grafana_model(name):
+    board = dashboards()[name]
+    assert board["uid"].startswith("edgecv-") and board["title"] and board["schemaVersion"] >= 36
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    variables = {v["name"] for v in board["templating"]["list"]}
+    for p in board["panels"]:
+        assert p["targets"], f"panel {p['title']!r} has no query"
+        assert p["datasource"]["uid"] == "${datasource}"
+        g = p["gridPos"]
+        assert 0 <= g["x"] and g["x"] + g["w"] <= 24 and g["h"] > 0
+        for t in p["targets"]:
+            used = set(re.findall(r"\$\{?(\w+)", t["expr"])) - set(GRAFANA_BUILTINS)
+            assert used <= variables, f"{name} panel {p['title']!r} uses undefined variables {used - variables}"
+
+
+def test_dashboard_uids_are_unique():
+    uids = [b["uid"] for b in dashboards().values()]
+    assert len(uids) == len(set(uids))
+
+
+def test_every_query_names_only_exported_metrics():
+    known = app_metric_names() | recorded_names() | PROMETHEUS_OWN
+    unknown = {
+        (name, where, expr): metric_names(expand(expr)) - known
+        for name, board in dashboards().items()
+        for where, expr in queries(board)
+    }
+    assert {k: v for k, v in unknown.items() if v} == {}
+
+
+def test_metric_name_extraction():
+    # The checker itself: it must see through functions, label lists, strings and ranges.
+    expr = ('sum by (site, le) (rate(edgecv_x_bucket{stage="a b",le=~"0.1"}[5m])) / on (site) group_left (v) '
+            "edgecv_y * 0.95 > bool 1 unless absent(ALERTS)")
+    assert metric_names(expr) == {"edgecv_x_bucket", "edgecv_y", "ALERTS"}
+    assert metric_names("histogram_quantile(0.95, edgecv:stage_latency_seconds:p95)") == {
+        "edgecv:stage_latency_seconds:p95"}
+
+
+def test_a_typo_in_a_metric_name_would_be_caught():
+    known = app_metric_names()
+    assert "edgecv_camera_fps" in known and "edgecv_device_net_bytes_total" in known
+    assert metric_names("rate(edgecv_camera_fsp[5m])") - known == {"edgecv_camera_fsp"}
+
+
+@pytest.mark.integration
+def test_every_query_parses_on_prometheus(stack):
+    failures = []
+    for name, board in dashboards().items():
+        for where, expr in queries(board):
+            try:
+                query(stack.central_url, expand(expr))
+            except ValueError as exc:
+                failures.append(f"{name} {where}: {exc}")
+    assert failures == []
+
+
+@pytest.mark.integration
+def test_queries_show_data_from_a_running_device(stack):
+    # Beyond parsing: the device dashboard's core panels return series for the device the stack runs.
+    board = dashboards()["device.json"]
+    by_title = {p["title"]: p["targets"][0]["expr"] for p in board["panels"]}
+    for title in ("Latency p95 per stage", "Camera fps and target", "CPU and GPU", "Memory", "Disk"):
+        expr = by_title[title].replace("$site", "lab").replace("$device", "dev-1")
+        assert wait_for(stack.central_url, expand(expr)), f"{title}: no data"
