@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from fleet.rollout.balena_client import connect  # noqa: E402
 from fleet.rollout.model import PinDevices  # noqa: E402
 from fleet.rollout.planner import plan  # noqa: E402
-from tests.rollout.conftest import ScriptedAnalyzer, make_world  # noqa: E402
+from tests.fleet.rollout.conftest import ScriptedAnalyzer, make_world  # noqa: E402
 from tests.support.balena_double import BalenaDouble  # noqa: E402
 
 

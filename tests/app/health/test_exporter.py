@@ -27,10 +27,10 @@ from app.health.exporter import (
 )
 from app.health.netprobe import UpstreamProbe, parse_target, probe
 from fleet.local.procs import free_port
+from fleet.repo import REPO_ROOT
 
-HERE = Path(__file__).resolve().parent
-FIXTURES = HERE.parent / "fixtures" / "tegrastats"
-FAKE_TEGRASTATS = HERE / "fake_tegrastats.py"
+FIXTURES = REPO_ROOT / "tests" / "fixtures" / "tegrastats"
+FAKE_TEGRASTATS = REPO_ROOT / "tests" / "support" / "fake_tegrastats.py"
 
 
 def samples(registry) -> dict[tuple[str, tuple], float]:
