@@ -36,7 +36,8 @@ venv: $(VENV)/.pip-stamp
 $(VENV)/.pip-stamp: pyproject.toml constraints.txt | $(VENV)/.apt-stamp
 	test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip==26.3 wheel==0.48.0 setuptools==84.2.1
-	$(PIP) install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	@# -qq: setuptools warns about every flat-layout editable install; errors still show.
+	$(PIP) install -qq -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $@
 
 # Re-pin every dependency after changing pyproject.toml.

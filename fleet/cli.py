@@ -18,10 +18,11 @@ COMMANDS = {
     "evidence": "app.evidence.cli:evidence",
     "rollout": "fleet.rollout.cli:rollout",
     "review": "fleet.review.cli:review",
-    "retrain": "fleet.retrain.loop:retrain",
-    "models": "fleet.retrain.bump:models",
-    "cost": "fleet.cost.model:cost",
+    "retrain": "fleet.retrain.cli:retrain",
+    "models": "fleet.retrain.cli:models",
+    "cost": "fleet.cost.cli:cost",
     "telemetry": "fleet.telemetry.cli:telemetry",
+    "health": "app.health.cli:health",
     "demo": "fleet.demo:demo",
 }
 

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
-import click
 import semver
 import yaml
 from ruamel.yaml import YAML
 
 from fleet.spec.base import registry_root_of, sha256_file
 from fleet.spec.manifest import ConfidenceHistogram, load_manifest
-from fleet.spec.problems import ValidationFailed
 
 
 class BumpError(ValueError):
@@ -71,29 +68,3 @@ def bump(manifest_path: Path, artifact: Path, gate_report: Path, reference: Path
         rt.dump(doc, f)
     tmp.replace(manifest_path)
     return version
-
-
-@click.group()
-def models() -> None:
-    """The model registry under models/."""
-
-
-@models.command("bump")
-@click.argument("manifest", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--artifact", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True)
-@click.option("--gate-report", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
-              help="the --report-dir of a passing `edgecv gates` run")
-@click.option("--reference", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="reference confidence histogram (edgecv gates --reference-out)")
-@click.option("--part", type=click.Choice(["major", "minor", "patch"]), default="minor", show_default=True)
-def bump_cmd(manifest: Path, artifact: Path, gate_report: Path, reference: Path | None, part: str) -> None:
-    """Write the next manifest version for a new artifact that passed its gates."""
-    try:
-        version = bump(manifest, artifact, gate_report, reference, part)
-    except ValidationFailed as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(2)
-    except BumpError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    click.echo(f"{manifest}: bumped to {version}; run `edgecv validate` and open a pull request")

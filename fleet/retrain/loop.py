@@ -14,11 +14,9 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-import click
 import requests
 
 PROVENANCE_KEYS = ("item_id", "reason", "site", "device", "camera", "model", "reviewer", "reviewed_at", "decision")
@@ -112,36 +110,3 @@ def trigger(dataset: Path, command: str | None, webhook: str | None, token_env: 
     if r.status_code >= 300:
         raise RetrainError(f"webhook {webhook} answered {r.status_code}: {r.text[:200]}")
     return f"POST {webhook} -> {r.status_code}"
-
-
-@click.group()
-def retrain() -> None:
-    """Hand reviewed samples to the training pipeline."""
-
-
-@retrain.command("export")
-@click.option("--corrections", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
-              help="COCO JSON of reviewed items (edgecv review export)")
-@click.option("--images", "images_dir", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="dataset directory to write")
-def export_cmd(corrections: Path, images_dir: Path, out: Path) -> None:
-    """Write a COCO dataset (images + annotations) of the reviewed samples, with provenance."""
-    try:
-        summary = export_dataset(corrections, images_dir, out)
-    except (RetrainError, ValueError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    click.echo(f"wrote {out}: {summary['images']} images, {summary['annotations']} annotations")
-
-
-@retrain.command("trigger")
-@click.argument("dataset", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--command", help="command to run; the dataset path is appended and in $EDGECV_DATASET")
-@click.option("--webhook", help="URL to POST a repository_dispatch-style JSON to")
-def trigger_cmd(dataset: Path, command: str | None, webhook: str | None) -> None:
-    """Tell the ML pipeline a dataset is ready."""
-    try:
-        click.echo(trigger(dataset, command, webhook))
-    except RetrainError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from string import Template
 
-import requests
-
+from fleet.promql import PrometheusClient, PromQLError
 from fleet.spec.durations import format_duration
 from fleet.spec.fleetspec import Analysis, Check
 from fleet.spec.manifest import ModelManifest
@@ -75,41 +74,12 @@ def device_regex(uuids: tuple[str, ...]) -> str:
     return "|".join(re.escape(u) for u in sorted(uuids))
 
 
-class PromQLError(RuntimeError):
-    pass
-
-
-class Prometheus:
-    """Instant queries over HTTP; POST so that long device lists fit."""
-
-    def __init__(self, base_url: str, timeout_s: float = 30.0, session: requests.Session | None = None):
-        self.base_url = base_url.rstrip("/")
-        self.timeout_s = timeout_s
-        self.session = session or requests.Session()
-
-    def scalar(self, promql: str, at: datetime | None = None) -> float | None:
-        """The single value of an aggregating query; None when it returns no series."""
-        data = {"query": promql}
-        if at is not None:
-            data["time"] = f"{at.timestamp():.3f}"
-        try:
-            r = self.session.post(f"{self.base_url}/api/v1/query", data=data, timeout=self.timeout_s)
-            body = r.json()
-        except (requests.RequestException, ValueError) as exc:
-            raise PromQLError(f"Prometheus at {self.base_url} unreachable: {exc}") from exc
-        if body.get("status") != "success":
-            raise PromQLError(f"PromQL error for {promql[:120]!r}: {body.get('error')}")
-        result = body["data"]["result"]
-        if not result:
-            return None
-        if len(result) > 1:
-            raise PromQLError(f"query returned {len(result)} series, expected one (aggregate it): {promql[:120]!r}")
-        value = float(result[0]["value"][1])
-        return None if value != value else value  # NaN (e.g. a quantile of nothing) is no data
+# The rollout's name for the shared client (fleet.rollout.cli and the tests construct it by this name).
+Prometheus = PrometheusClient
 
 
 class Analyzer:
-    def __init__(self, prometheus: Prometheus, analysis: Analysis, manifests: list[ModelManifest]):
+    def __init__(self, prometheus: PrometheusClient, analysis: Analysis, manifests: list[ModelManifest]):
         self.prom, self.analysis, self.manifests = prometheus, analysis, manifests
 
     def run(self, req: AnalysisRequest, at: datetime) -> AnalysisResult:

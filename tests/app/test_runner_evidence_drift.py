@@ -41,12 +41,12 @@ NANODET = REPO_ROOT / "models" / "nanodet-m" / "manifest.yaml"
 
 
 def mismatched_manifest(tmp: Path) -> Path:
-    """NanoDet's manifest (same ONNX: its file:// uri is relative to the repository) with a reference
+    """NanoDet's manifest (same ONNX: the app config's artifact_root points at the repository) with a reference
     histogram concentrated in [0, 0.2), where the decoder's 0.35 score threshold never lets a score through."""
     doc = yaml.safe_load(NANODET.read_text())
     doc["reference_confidence"] = {"edges": [round(0.1 * i, 1) for i in range(11)],
                                    "counts": [600, 390, 4, 2, 1, 1, 1, 1, 0, 0]}
-    out = tmp / "models" / "nanodet-m" / "manifest.yaml"  # where a manifest is recognised as one
+    out = tmp / "models" / "nanodet-m" / "manifest.yaml"
     out.parent.mkdir(parents=True)
     out.write_text(yaml.safe_dump(doc, sort_keys=False))
     return out
@@ -96,7 +96,7 @@ def s3(monkeypatch):
 
 def app_config(tmp: Path, manifest: Path, grpc_url: str, broker_port: int, s3_url: str, review_url: str) -> Path:
     cfg = {
-        "site_id": SITE, "device_id": DEVICE, "manifest": str(manifest),
+        "site_id": SITE, "device_id": DEVICE, "manifest": str(manifest), "artifact_root": str(REPO_ROOT),
         "triton": {"url": grpc_url, "request_timeout_s": 3},
         "batching": {"max_batch": 2, "max_delay_ms": 20},
         "cameras": [{

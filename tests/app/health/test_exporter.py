@@ -242,7 +242,7 @@ def test_upstream_probe_rejects_bad_settings():
 def test_telemetry_health_serves_metrics_until_sigterm(listener):
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fleet.cli", "telemetry", "health", "--host", "127.0.0.1", "--port", str(port),
+        [sys.executable, "-m", "fleet.cli", "health", "--host", "127.0.0.1", "--port", str(port),
          "--source", "psutil", "--upstream", listener, "--probe-interval", "0.2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -266,7 +266,7 @@ def test_telemetry_health_serves_metrics_until_sigterm(listener):
 def test_telemetry_health_refuses_a_bad_mount():
     from click.testing import CliRunner
 
-    from fleet.telemetry.cli import telemetry
+    from app.health.cli import health
 
-    result = CliRunner().invoke(telemetry, ["health", "--port", "0", "--mount", "/no/such/mount"])
+    result = CliRunner().invoke(health, ["--port", "0", "--mount", "/no/such/mount"])
     assert result.exit_code == 2 and "/no/such/mount" in result.output

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from matplotlib import image
 
-from fleet.cost.model import CostConfig, CostConfigError, Option, break_even_month, cost, evaluate, load_config
+from fleet.cost.cli import cost
+from fleet.cost.model import CostConfig, CostConfigError, Option, break_even_month, evaluate, load_config
 
 # One site, 2 devices, 2 cameras each (4 cameras), over 3 years.
 SMALL = {
