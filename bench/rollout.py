@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/rollout.py [--devices 10000] [--naive-sample 100]
 
-A 10,000-device fleet lives in the local balena API double (tests/support/balena_double), driven through the real
+A 10,000-device fleet lives in the local balena API double (fleet/local/balena_sim), driven through the real
 balena-sdk. The controller is walked through canary, pilot, wave 25 % and wave 50 %; then the measured pass
 pins the last wave (50 % -> 100 %: half the fleet, 5,000 devices). Reported:
 

@@ -7,7 +7,7 @@ from balena.exceptions import RequestError
 
 from fleet.rollout.balena_client import BalenaUnavailable, RetryPolicy, connect, transport
 from tests.support.balena_double import BalenaDouble
-from tests.support.balena_double.odata import In, ODataError, parse_filter, parse_query
+from fleet.local.balena_sim.odata import In, ODataError, parse_filter, parse_query
 
 
 @pytest.fixture
@@ -134,3 +134,81 @@ def test_a_slow_answer_times_out_and_is_retried(api: BalenaDouble, fleet):
     api.inject(status=None, delay=1.0, times=2)
     with pytest.raises(BalenaUnavailable, match="Timeout"):
         sdk.models.application.get("acme/edgecv", {"$select": "id"})
+
+
+# ---------------------------------------------------------------- rules checked against open-balena-api
+
+
+@pytest.mark.parametrize("resource, key, value", [
+    ("device_tag", "has space", "v"), ("device_tag", "io.balena.reserved", "v"), ("device_tag", "k" * 101, "v"),
+    ("release_tag", "k" * 165, "v"), ("device_tag", "fine", "v" * 10_001)])
+def test_tag_keys_and_values_the_api_rejects_are_rejected(fleet, resource: str, key: str, value: str):
+    parent = {"device_tag": ("device", fleet["devs"][0]["id"]), "release_tag": ("release", fleet["good"]["id"])}
+    name, pid = parent[resource]
+    with pytest.raises(RequestError) as err:
+        fleet["sdk"].pine.post({"resource": resource, "body": {name: pid, "tag_key": key, "value": value}})
+    assert err.value.status_code == 400
+
+
+def test_long_keys_the_api_accepts_are_accepted(fleet):
+    sdk = fleet["sdk"]
+    sdk.pine.post({"resource": "release_tag", "body": {"release": fleet["good"]["id"], "tag_key": "k" * 164, "value": "v"}})
+    sdk.pine.post({"resource": "device_tag", "body": {"device": fleet["devs"][0]["id"], "tag_key": "k" * 100,
+                                                      "value": "v" * 10_000}})
+
+
+def test_an_overlong_url_is_414_and_an_oversized_body_413(fleet):
+    sdk = fleet["sdk"]
+    with pytest.raises(RequestError) as err:
+        sdk.pine.get({"resource": "device", "options": {"$filter": {"id": {"$in": list(range(10**6, 10**6 + 1500))}}}})
+    assert err.value.status_code == 414
+    with pytest.raises(RequestError) as err:
+        sdk.pine.post({"resource": "device_tag", "body": {"device": fleet["devs"][0]["id"], "tag_key": "k",
+                                                          "value": "v" * (1 << 20)}})
+    assert err.value.status_code == 413
+
+
+def test_a_release_is_deleted_only_when_nothing_is_pinned_to_it(api: BalenaDouble, fleet):
+    sdk, dev = fleet["sdk"], fleet["devs"][0]
+    spare = api.store.add_release(fleet["app"]["id"], "c" * 40)
+    sdk.pine.patch({"resource": "device", "id": dev["id"], "body": {"is_pinned_on__release": spare["id"]}})
+    for rel in (spare, fleet["good"]):  # pinned by a device; the fleet's release
+        with pytest.raises(RequestError) as err:
+            sdk.pine.delete({"resource": "release", "id": rel["id"]})
+        assert err.value.status_code == 400 and rel["id"] in api.store.tables["release"]
+    sdk.pine.patch({"resource": "device", "id": dev["id"], "body": {"is_pinned_on__release": None}})
+    sdk.pine.delete({"resource": "release", "id": spare["id"]})
+    assert spare["id"] not in api.store.tables["release"]
+
+
+def test_a_device_may_be_pinned_to_an_invalidated_release_of_its_fleet_but_a_fleet_may_not(fleet):
+    sdk, dev = fleet["sdk"], fleet["devs"][0]
+    sdk.pine.patch({"resource": "release", "id": fleet["good"]["id"], "body": {"is_invalidated": True}})
+    sdk.pine.patch({"resource": "device", "id": dev["id"], "body": {"is_pinned_on__release": fleet["good"]["id"]}})
+    assert dev["is_pinned_on__release"] == fleet["good"]["id"]
+    with pytest.raises(RequestError):
+        sdk.pine.patch({"resource": "application", "id": fleet["app"]["id"],
+                        "body": {"should_be_running__release": fleet["good"]["id"]}})
+
+
+def test_a_tracking_fleet_follows_the_release_that_started_last_after_any_release_patch(api: BalenaDouble, fleet):
+    sdk, app = fleet["sdk"], fleet["app"]
+    app["should_track_latest_release"] = True
+    late = api.store.add_release(app["id"], "d" * 40, status="running", start_timestamp="2030-01-02T00:00:00.000Z")
+    early = api.store.add_release(app["id"], "9" * 40, start_timestamp="2030-01-01T00:00:00.000Z")
+    assert app["should_be_running__release"] == early["id"]  # created last, but started first
+    sdk.pine.patch({"resource": "release", "id": late["id"], "body": {"status": "success"}})  # the build finished
+    assert app["should_be_running__release"] == late["id"]
+
+
+def test_a_device_without_vpn_still_updates_through_its_heartbeat(api: BalenaDouble, fleet):
+    dev, spare = fleet["devs"][0], api.store.add_release(fleet["app"]["id"], "c" * 40)
+    api.set_online(dev["uuid"], True, vpn=False)
+    fleet["sdk"].pine.patch({"resource": "device", "id": dev["id"], "body": {"is_pinned_on__release": spare["id"]}})
+    api.devices_apply_targets()
+    assert dev["is_online"] is False and dev["is_running__release"] == spare["id"]
+    api.reject_release(fleet["devs"][2]["uuid"], spare["id"])
+    fleet["sdk"].pine.patch({"resource": "device", "id": fleet["devs"][2]["id"],
+                             "body": {"is_pinned_on__release": spare["id"]}})
+    api.devices_apply_targets()
+    assert fleet["devs"][2]["update_status"] == "rejected" and fleet["devs"][2]["is_running__release"] == fleet["good"]["id"]

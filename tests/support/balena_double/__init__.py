@@ -1,5 +1,5 @@
-"""A small local double of the balena API (v7, OData through pinejs), driven by the real balena-sdk in tests."""
+"""The balena API double the tests drive (it lives in fleet/local/balena_sim, where rehearsals start it)."""
 
-from tests.support.balena_double.server import BalenaDouble, Fault, Recorded
+from fleet.local.balena_sim import BalenaDouble, Fault, Recorded
 
 __all__ = ["BalenaDouble", "Fault", "Recorded"]

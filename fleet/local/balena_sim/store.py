@@ -1,10 +1,15 @@
 """The double's data: fleets (applications), releases, devices and their tags, with balena's server rules.
 
 Only the fields and navigations the rollout controller and the SDK calls behind it use. Records are plain
-dicts; a navigation is stored as the target id. Server rules enforced (see shared/notes/balena-api.md):
-a pinned release must be 'success', not invalidated, and in the device's fleet (else 400); moving a device
-to another fleet clears its pin; invalidating the target release of a fleet that tracks latest moves the
-fleet to the newest valid release; tag keys are unique per parent (409).
+dicts; a navigation is stored as the target id. Server rules enforced (open-balena-api's model and hooks,
+see shared/notes/balena-api.md):
+- a device may be pinned to a release that succeeded and belongs to its fleet, invalidated or not; a fleet
+  only to a successful, valid one (else 400); moving a device to another fleet clears its pin;
+- after any release PATCH, a fleet that tracks latest targets its newest valid release (by start time):
+  invalidating its release is an implicit rollback;
+- a release is deleted only when no device and no fleet is pinned to it (400 otherwise);
+- tag keys: unique per parent (409); no whitespace, no `io.balena.` prefix, at most 164 characters on a
+  release, 100 elsewhere; a device tag value at most 10,000 characters (400).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.support.balena_double.odata import BoolOp, Compare, In, Lambda, Literal, Not, ODataError, Options, Path
+from fleet.local.balena_sim.odata import BoolOp, Compare, In, Lambda, Literal, Not, ODataError, Options, Path
 
 
 class ApiError(Exception):
@@ -49,12 +54,12 @@ SCHEMA: dict[str, dict[str, Any]] = {
     },
     "release": {
         "fields": {
-            "id", "commit", "status", "created_at", "is_final", "is_invalidated", "is_passing_tests",
-            "raw_version", "semver", "note",
+            "id", "commit", "status", "created_at", "start_timestamp", "is_final", "is_invalidated",
+            "is_passing_tests", "raw_version", "semver", "note",
         },
         "navs": {"belongs_to__application": Nav("application")},
         "reverse": {"release_tag": Reverse("release_tag", "release")},
-        "writable": {"is_invalidated", "note", "is_passing_tests"},
+        "writable": {"is_invalidated", "note", "is_passing_tests", "status"},
     },
     "device": {
         "fields": {
@@ -78,6 +83,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
                     "writable": {"value"}},
 }
 TAG_PARENT = {"device_tag": "device", "application_tag": "application", "release_tag": "release"}
+TAG_KEY_MAX = {"release_tag": 164, "device_tag": 100, "application_tag": 100}
+DEVICE_TAG_VALUE_MAX = 10_000
 
 
 def now_iso() -> str:
@@ -104,15 +111,14 @@ class Store:
 
     def add_release(self, app_id: int, commit: str, status: str = "success", tags: dict | None = None,
                     **fields: Any) -> dict:
-        rec = {"commit": commit, "status": status, "created_at": now_iso(), "is_final": True,
+        stamp = now_iso()
+        rec = {"commit": commit, "status": status, "created_at": stamp, "start_timestamp": stamp, "is_final": True,
                "is_invalidated": False, "is_passing_tests": True, "raw_version": None, "semver": "0.0.0",
                "note": None, "belongs_to__application": app_id, **fields}
         rel = self._insert("release", rec)
         for k, v in (tags or {}).items():
             self._insert("release_tag", {"release": rel["id"], "tag_key": k, "value": v})
-        app = self.tables["application"][app_id]
-        if app["should_track_latest_release"] and self._valid(rel):
-            app["should_be_running__release"] = rel["id"]
+        self.retarget(app_id)
         return rel
 
     def add_device(self, app_id: int, uuid: str, running: int | None = None, online: bool = True,
@@ -304,17 +310,32 @@ class Store:
             raise ApiError(400, f"{parent} {body[parent]} does not exist")
         if not isinstance(body["tag_key"], str) or not body["tag_key"] or not isinstance(body["value"], str):
             raise ApiError(400, "tag_key must be a non-empty string and value a string")
+        self._check_tag(resource, body["tag_key"], body["value"])
         for other in self.children(parent, self.tables[parent][body[parent]],
                                    Reverse(resource, parent)):
             if other["tag_key"] == body["tag_key"]:
                 raise ApiError(409, f'"{parent}" and "tag_key" must be unique.')
         return self._insert(resource, dict(body))
 
+    @staticmethod
+    def _check_tag(resource: str, key: str, value: str) -> None:
+        if any(ch.isspace() for ch in key):
+            raise ApiError(400, f"{resource}: tag_key must not contain whitespace")
+        if key.startswith("io.balena."):
+            raise ApiError(400, f"{resource}: tag_key must not start with io.balena. (reserved)")
+        if len(key) > TAG_KEY_MAX[resource]:
+            raise ApiError(400, f"{resource}: tag_key longer than {TAG_KEY_MAX[resource]} characters")
+        if resource == "device_tag" and len(value) > DEVICE_TAG_VALUE_MAX:
+            raise ApiError(400, f"device_tag: value longer than {DEVICE_TAG_VALUE_MAX} characters")
+
     def update(self, resource: str, rows: list[dict], body: dict, who: str = "api") -> None:
         schema = SCHEMA[resource]
         bad = set(body) - schema["writable"]
         if bad:
             raise ApiError(400, f"cannot write {sorted(bad)} on {resource}")
+        if resource in TAG_PARENT and isinstance(body.get("value"), str):
+            for rec in rows:
+                self._check_tag(resource, rec["tag_key"], body["value"])
         for rec in rows:  # validate every row first: a refused PATCH changes nothing
             self._check_update(resource, rec, body)
         for rec in rows:
@@ -330,41 +351,59 @@ class Store:
                 if rel["belongs_to__application"] != rec["belongs_to__application"]:
                     self.pin_history.setdefault(rec["id"], []).append((None, "move"))
                     self._set_nav("device", rec, "is_pinned_on__release", None)
-            if resource == "release" and body.get("is_invalidated"):
-                self._after_invalidate(rec)
+            if resource == "release":
+                self.retarget(rec["belongs_to__application"])
 
     def _check_update(self, resource: str, rec: dict, body: dict) -> None:
         if resource == "device" and body.get("is_pinned_on__release") is not None:
             app_id = body.get("belongs_to__application", rec["belongs_to__application"])
-            self._check_release_for(app_id, body["is_pinned_on__release"], "is_pinned_on__release")
+            # the real rule: a device may be pinned to an invalidated release that succeeded, in its fleet
+            self._check_release_for(app_id, body["is_pinned_on__release"], "is_pinned_on__release",
+                                    allow_invalidated=True)
         if resource == "application" and body.get("should_be_running__release") is not None:
             self._check_release_for(rec["id"], body["should_be_running__release"], "should_be_running__release")
         if resource == "device" and "belongs_to__application" in body:
             if body["belongs_to__application"] not in self.tables["application"]:
                 raise ApiError(400, "belongs_to__application: no such fleet")
 
-    def _check_release_for(self, app_id: int, release_id: Any, field_name: str) -> None:
+    def _check_release_for(self, app_id: int, release_id: Any, field_name: str,
+                           allow_invalidated: bool = False) -> None:
         rel = self.tables["release"].get(release_id) if isinstance(release_id, int) else None
         if rel is None:
             raise ApiError(400, f"{field_name}: release {release_id!r} does not exist")
         if rel["belongs_to__application"] != app_id:
             raise ApiError(400, f"{field_name}: release {rel['commit']} belongs to another fleet")
-        if not self._valid(rel):
+        if rel["status"] != "success" or (rel["is_invalidated"] and not allow_invalidated):
             raise ApiError(400, f"{field_name}: release {rel['commit']} is not a successful, valid release")
 
     @staticmethod
     def _valid(rel: dict) -> bool:
         return rel["status"] == "success" and not rel["is_invalidated"]
 
-    def _after_invalidate(self, rel: dict) -> None:
-        app = self.tables["application"][rel["belongs_to__application"]]
-        if app["should_track_latest_release"] and app["should_be_running__release"] == rel["id"]:
-            valid = [r for r in self.tables["release"].values()
-                     if r["belongs_to__application"] == app["id"] and self._valid(r)]
-            newest = max(valid, key=lambda r: (r["created_at"], r["id"]), default=None)
-            app["should_be_running__release"] = newest["id"] if newest else None
+    def retarget(self, app_id: int) -> None:
+        """A fleet that tracks latest runs its newest valid release, by start time (the API's hook after
+        a release changes: a new success moves it forward, an invalidation back)."""
+        app = self.tables["application"][app_id]
+        if not app["should_track_latest_release"]:
+            return
+        valid = [r for r in self.tables["release"].values() if r["belongs_to__application"] == app_id and self._valid(r)]
+        newest = max(valid, key=lambda r: (r["start_timestamp"], r["id"]), default=None)
+        self._set_nav("application", app, "should_be_running__release", newest["id"] if newest else None)
 
     def remove(self, resource: str, rows: list[dict]) -> None:
+        if resource == "release":
+            for rec in rows:
+                pinned = [d for d in self.tables["device"].values() if d["is_pinned_on__release"] == rec["id"]]
+                fleets = [a for a in self.tables["application"].values()
+                          if a["should_be_running__release"] == rec["id"]]
+                if pinned or fleets:
+                    raise ApiError(400, f"release {rec['commit'][:7]} is pinned to by {len(pinned)} device(s) and "
+                                        f"{len(fleets)} fleet(s): it cannot be deleted")
+            for rec in rows:
+                for tag in self.children("release", rec, Reverse("release_tag", "release")):
+                    self._delete("release_tag", tag["id"])
+                self._delete("release", rec["id"])
+            return
         if resource not in TAG_PARENT:
             raise ApiError(405, f"deleting {resource} is not supported by the double")
         for rec in rows:

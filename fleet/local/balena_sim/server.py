@@ -19,9 +19,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from fleet.local.procs import free_port
-from tests.support.balena_double.odata import ODataError, Options, parse_key, parse_query
-from tests.support.balena_double.store import SCHEMA, ApiError, Store
+from fleet.local.balena_sim.odata import ODataError, Options, parse_key, parse_query
+from fleet.local.balena_sim.store import SCHEMA, ApiError, Store
 
+MAX_URL = 8192  # what the API's proxy accepts in a request line (longer: 414)
+MAX_BODY = 1 << 20  # bytes of a JSON body (larger: 413)
 _PATH = re.compile(r"^/v7/(?P<resource>[a-z_]+)(?:\((?P<key>[^)]*)\))?(?P<count>/\$count)?$")
 
 
@@ -41,7 +43,8 @@ class Fault:
     """Answer matching requests with `status` (after `delay` s, or once `gate` is set) `times` times.
 
     status None = answer normally after the delay/gate (a slow or held answer). `skip` lets the first
-    matching requests through untouched.
+    matching requests through untouched. `after`: the request is carried out, only its reply is replaced
+    (a reply lost on the way back).
     """
 
     status: int | None = 429
@@ -52,6 +55,7 @@ class Fault:
     skip: int = 0
     method: str | None = None
     resource: str | None = None
+    after: bool = False
     seen: int = field(default=0)
 
     def applies(self, method: str, resource: str) -> bool:
@@ -71,6 +75,7 @@ class BalenaDouble:
         self.lock = threading.RLock()
         self.requests: list[Recorded] = []
         self.faults: list[Fault] = []
+        self.rejects: dict[tuple[int, int], str] = {}  # (device id, release id) -> update_status
         self.port = port or free_port()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -129,18 +134,33 @@ class BalenaDouble:
             self.store.update("application", [app], {"should_be_running__release": release_id,
                                                      "should_track_latest_release": False}, who="dashboard")
 
-    def set_online(self, device_uuid: str, online: bool) -> None:
+    def set_online(self, device_uuid: str, online: bool, vpn: bool | None = None) -> None:
+        """The device's API heartbeat (what lets it update); `vpn` (is_online) follows unless given:
+        a device behind a firewall that blocks the VPN still polls the API and updates."""
         with self.lock:
             dev = self.device(device_uuid)
-            dev["is_online"] = online
             dev["api_heartbeat_state"] = "online" if online else "offline"
+            dev["is_online"] = online if vpn is None else vpn
+
+    def reject_release(self, device_uuid: str, release_id: int, status: str = "rejected") -> None:
+        """The supervisor refuses `release_id` on this device (e.g. its container requirements are not met)."""
+        with self.lock:
+            self.rejects[(self.device(device_uuid)["id"], release_id)] = status
 
     def devices_apply_targets(self) -> None:
-        """Online devices download and start what they should be running (the supervisor's job)."""
+        """Devices with a live heartbeat download and start what they should be running (the supervisor's job);
+        a release the device rejects leaves it on what it ran, with update_status saying why."""
         with self.lock:
             for dev in self.store.tables["device"].values():
-                if dev["is_online"]:
-                    dev["is_running__release"] = self.store.value("device", dev, "should_be_running__release")
+                if dev["api_heartbeat_state"] != "online":
+                    continue
+                target = self.store.value("device", dev, "should_be_running__release")
+                refused = self.rejects.get((dev["id"], target))
+                if refused:
+                    dev["update_status"] = refused
+                elif target != dev["is_running__release"]:
+                    dev["is_running__release"] = target
+                    dev["update_status"] = "done"
 
     def device(self, uuid: str) -> dict:
         return next(d for d in self.store.tables["device"].values() if d["uuid"] == uuid)
@@ -156,22 +176,30 @@ class BalenaDouble:
 
     # ---------------------------------------------------------------- one request
 
-    def handle(self, method: str, raw_path: str, headers: Any, body: Any) -> tuple[int, dict[str, str], Any]:
+    def handle(self, method: str, raw_path: str, headers: Any, body: Any, size: int = 0,
+               faults: bool = True) -> tuple[int, dict[str, str], Any]:
         path, _, raw_query = raw_path.partition("?")
         m = _PATH.match(path)
         resource = m.group("resource") if m else path
         fault = None
-        with self.lock:
-            fault = next((f for f in self.faults if f.applies(method, resource)), None)
+        if faults:
+            with self.lock:
+                fault = next((f for f in self.faults if f.applies(method, resource)), None)
         if fault:
             if fault.gate is not None:
                 fault.gate.wait(60)
             if fault.delay:
                 time.sleep(fault.delay)
+            if fault.status is not None and fault.after:  # carried out; the reply is lost
+                self.handle(method, raw_path, headers, body, faults=False)
             if fault.status is not None:
                 extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
                 return self._record(method, resource, raw_path, {}, body, fault.status, extra,
                                     "Too Many Requests" if fault.status == 429 else "injected fault")
+        if len(raw_path) > MAX_URL:
+            return self._record(method, resource, raw_path, {}, None, 414, {}, "URI Too Long")
+        if size > MAX_BODY:
+            return self._record(method, resource, raw_path, {}, None, 413, {}, "Payload Too Large")
         if headers.get("Authorization") != f"Bearer {self.key}":
             return self._record(method, resource, raw_path, {}, body, 401, {}, "Unauthorized")
         if not m or resource not in SCHEMA:
@@ -236,7 +264,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw else None
         except ValueError:
             body = raw.decode(errors="replace")
-        status, headers, payload = self.api.handle(self.command, self.path, self.headers, body)
+        status, headers, payload = self.api.handle(self.command, self.path, self.headers, body, len(raw))
         if payload is None:
             data, ctype = b"", "text/plain"
         elif isinstance(payload, str):
