@@ -69,9 +69,9 @@ class Fault:
 
 
 class BalenaDouble:
-    def __init__(self, key: str = "test-api-key", port: int | None = None):
+    def __init__(self, key: str = "test-api-key", port: int | None = None, first_id: int = 1000):
         self.key = key
-        self.store = Store()
+        self.store = Store(first_id)
         self.lock = threading.RLock()
         self.requests: list[Recorded] = []
         self.faults: list[Fault] = []

@@ -94,9 +94,9 @@ def now_iso() -> str:
 class Store:
     """In-memory tables; not thread-safe by itself (the server holds a lock around each request)."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_id: int = 1000) -> None:
         self.tables: dict[str, dict[int, dict]] = {name: {} for name in SCHEMA}
-        self._ids = itertools.count(1000)
+        self._ids = itertools.count(first_id)  # balena-cloud's ids have 7-8 digits: URLs grow with them
         # device id -> [(release id or None, who)]: every pin change, for "pinned twice?" checks.
         self.pin_history: dict[int, list[tuple[int | None, str]]] = {}
         self._children: dict[tuple[str, int], set[int]] = {}  # (resource, parent id) -> ids, for reverse navs

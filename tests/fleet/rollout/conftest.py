@@ -114,9 +114,10 @@ class World:
 
 
 def make_world(api: BalenaDouble, n: int = 40, canaries: int = 2, offline: tuple[int, ...] = (),
-               new_status: str = "success", uuids: list[str] | None = None, **policy_over: object) -> World:
+               new_status: str = "success", uuids: list[str] | None = None, slug: str = SLUG,
+               **policy_over: object) -> World:
     s = api.store
-    app = s.add_application(SLUG)
+    app = s.add_application(slug)
     old = s.add_release(app["id"], "0" * 39 + "1", tags={APP_TAG: "1.3.0", MODEL_TAG: "nanodet-m@0.9.0"})
     s.tables["application"][app["id"]]["should_be_running__release"] = old["id"]
     new = s.add_release(app["id"], "ab" * 20, status=new_status, tags={APP_TAG: "1.4.0", MODEL_TAG: MODEL})
@@ -126,11 +127,11 @@ def make_world(api: BalenaDouble, n: int = 40, canaries: int = 2, offline: tuple
         tags = {"edgecv.canary": "true"} if i < canaries else {}
         devices.append(s.add_device(app["id"], uuid, running=old["id"], online=i not in offline,
                                     tags=tags, device_name=f"orin-{i:03d}"))
-    desired = Desired(SLUG, "1.4.0", (MODEL,), None, policy(**policy_over))
+    desired = Desired(slug, "1.4.0", (MODEL,), None, policy(**policy_over))
     return World(api, SimClock(), app["id"], old, new, devices, desired)
 
 
-def fleet_repo(root: Path, app: str = "1.4.0", **rollout: object) -> Path:
+def fleet_repo(root: Path, app: str = "1.4.0", slug: str = SLUG, **rollout: object) -> Path:
     """A repository with fleets/<fleet>.yaml and the model manifest it names (a copy of nanodet-m's,
     with name and version fixed and a remote artifact, so it does not depend on the bundled file)."""
     manifest = yaml.safe_load((REPO_ROOT / "models/nanodet-m/manifest.yaml").read_text())
@@ -138,10 +139,10 @@ def fleet_repo(root: Path, app: str = "1.4.0", **rollout: object) -> Path:
     manifest["artifact"]["uri"] = "s3://edgecv-models/nanodet-m/1.0.0/model.onnx"
     (root / "models/nanodet-m").mkdir(parents=True, exist_ok=True)
     (root / "models/nanodet-m/manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
-    fleet = {"kind": "fleet", "fleet": SLUG, "release": {"app": app, "models": ["models/nanodet-m/manifest.yaml"]},
+    fleet = {"kind": "fleet", "fleet": slug, "release": {"app": app, "models": ["models/nanodet-m/manifest.yaml"]},
              "rollout": {"canary": {"tag": {"key": "edgecv.canary", "value": "true"}}, **rollout}}
     (root / "fleets").mkdir(exist_ok=True)
-    path = root / "fleets/edgecv-orin.yaml"
+    path = root / f"fleets/{slug.split('/')[-1]}.yaml"
     path.write_text(yaml.safe_dump(fleet, sort_keys=False))
     return path
 
@@ -155,3 +156,36 @@ def api():
 @pytest.fixture
 def world(api: BalenaDouble) -> World:
     return make_world(api)
+
+
+def advance_stage(world: World, c: Controller, hours: float) -> None:
+    """Devices update, a pass sees them run the release (as `apply --watch` would), the soak passes, a pass."""
+    world.api.devices_apply_targets()
+    c.reconcile()
+    world.clock.advance(hours=hours, minutes=1)
+    world.api.devices_apply_targets()
+    c.reconcile()
+
+
+def never_repinned(world: World) -> None:
+    """The controller never moved a device straight from one release to another: between two pins
+    there is always an unpin (None = follow the fleet), i.e. no device is pinned twice within a rollout."""
+    for dev_id, changes in world.pin_changes().items():
+        ours = [rel for rel, who in changes if who == "api"]
+        for a, b in zip(ours, ours[1:], strict=False):
+            assert a is None or b is None, f"device {dev_id} pinned to {a} then to {b}"
+
+
+def ranked_before(world: World, than: list[str], count: int, prefix: str = "f") -> list[str]:
+    """New device uuids that the rollout's ranking puts ahead of every device in `than`."""
+    from fleet.rollout.selection import rank
+
+    key = f"{world.desired.slug}:{world.new['commit']}"
+    bar = min(rank(key, u) for u in than)
+    out, i = [], 0
+    while len(out) < count:
+        u = f"{prefix}{i:031x}"
+        if rank(key, u) < bar:
+            out.append(u)
+        i += 1
+    return out

@@ -13,22 +13,7 @@ from fleet.rollout.executor import LeaseHeld
 from fleet.rollout.planner import Desired, PlanRefused
 from fleet.rollout.selection import stage_members
 from fleet.rollout.state import LEASE_TAG, Lease
-from tests.fleet.rollout.conftest import MODEL, SLUG, ScriptedAnalyzer, World, make_world
-
-
-def advance_stage(world: World, c, hours: float) -> None:
-    world.api.devices_apply_targets()
-    world.clock.advance(hours=hours, minutes=1)
-    c.reconcile()
-
-
-def never_repinned(world: World) -> None:
-    """The controller never moved a device straight from one release to another: between two pins
-    there is always an unpin (None = follow the fleet), i.e. no device is pinned twice within a rollout."""
-    for dev_id, changes in world.pin_changes().items():
-        ours = [rel for rel, who in changes if who == "api"]
-        for a, b in zip(ours, ours[1:], strict=False):
-            assert a is None or b is None, f"device {dev_id} pinned to {a} then to {b}"
+from tests.fleet.rollout.conftest import MODEL, SLUG, ScriptedAnalyzer, World, advance_stage, make_world, never_repinned
 
 
 def test_healthy_rollout_goes_canary_pilot_waves_done_with_soaks_respected(world: World):
