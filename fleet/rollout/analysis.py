@@ -3,11 +3,13 @@
 Devices are told apart by a `device` label holding the balena device uuid, which the scrape (target
 labels / relabelling) or the device's remote-write (external_labels) adds to every series. The baseline
 is the devices still on the previous release. Too little data is "inconclusive" (the rollout waits), never
-"pass"; a ratio to the baseline is skipped when no baseline device has data (e.g. the last wave).
+"pass": a check that compares with the baseline is inconclusive when the baseline devices have no data; the
+ratio is skipped only when there are no baseline devices at all (the last wave: every device is upgraded).
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from dataclasses import dataclass
@@ -19,7 +21,20 @@ from fleet.spec.durations import format_duration
 from fleet.spec.fleetspec import Analysis, Check
 from fleet.spec.manifest import ModelManifest
 
-VERDICTS = ("pass", "fail", "inconclusive")
+
+class Verdict(enum.StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"  # too little data: the rollout waits, never passes
+    SKIPPED = "skipped"
+
+    @property
+    def final(self) -> bool:
+        """A verdict the rollout acts on (inconclusive waits for more data)."""
+        return self in (Verdict.PASS, Verdict.FAIL)
+
+
+VERDICTS = (Verdict.PASS, Verdict.FAIL, Verdict.INCONCLUSIVE)
 
 
 @dataclass(frozen=True)
@@ -32,7 +47,7 @@ class AnalysisRequest:
 @dataclass(frozen=True)
 class CheckResult:
     name: str
-    verdict: str  # pass / fail / inconclusive / skipped
+    verdict: Verdict
     value: float | None
     baseline: float | None
     samples: float | None
@@ -42,7 +57,7 @@ class CheckResult:
 @dataclass(frozen=True)
 class AnalysisResult:
     stage: str
-    verdict: str
+    verdict: Verdict
     checks: tuple[CheckResult, ...]
     at: datetime
     devices: int = 0
@@ -55,14 +70,14 @@ class AnalysisResult:
                           separators=(",", ":"))
 
     def failures(self) -> list[CheckResult]:
-        return [c for c in self.checks if c.verdict == "fail"]
+        return [c for c in self.checks if c.verdict == Verdict.FAIL]
 
 
-def combine(checks: list[CheckResult]) -> str:
+def combine(checks: list[CheckResult]) -> Verdict:
     verdicts = {c.verdict for c in checks}
-    if "fail" in verdicts:
-        return "fail"
-    return "inconclusive" if "inconclusive" in verdicts else "pass"
+    if Verdict.FAIL in verdicts:
+        return Verdict.FAIL
+    return Verdict.INCONCLUSIVE if Verdict.INCONCLUSIVE in verdicts else Verdict.PASS
 
 
 def budget_ms(manifests: list[ModelManifest], stage: str) -> float:
@@ -78,6 +93,9 @@ def device_regex(uuids: tuple[str, ...]) -> str:
 Prometheus = PrometheusClient
 
 
+NO_BASELINE = "no baseline data"
+
+
 class Analyzer:
     def __init__(self, prometheus: PrometheusClient, analysis: Analysis, manifests: list[ModelManifest]):
         self.prom, self.analysis, self.manifests = prometheus, analysis, manifests
@@ -89,7 +107,7 @@ class Analyzer:
             try:
                 checks.append(self._check(check, req))
             except PromQLError as exc:
-                checks.append(CheckResult(check.name, "inconclusive", None, None, None, str(exc)[:200]))
+                checks.append(CheckResult(check.name, Verdict.INCONCLUSIVE, None, None, None, str(exc)[:200]))
         return AnalysisResult(req.stage, combine(checks), tuple(checks), at, len(req.devices), len(req.baseline))
 
     def _query(self, template: str, uuids: tuple[str, ...]) -> float | None:
@@ -99,19 +117,24 @@ class Analyzer:
     def _check(self, check: Check, req: AnalysisRequest) -> CheckResult:
         min_samples = check.min_samples if check.min_samples is not None else self.analysis.min_samples
         if not req.devices:
-            return CheckResult(check.name, "inconclusive", None, None, None, "no upgraded device ready")
+            return CheckResult(check.name, Verdict.INCONCLUSIVE, None, None, None, "no upgraded device ready")
         samples = self._query(check.samples, req.devices) if check.samples else None
         if check.samples and (samples or 0) < min_samples:
-            return CheckResult(check.name, "inconclusive", None, None, samples,
+            return CheckResult(check.name, Verdict.INCONCLUSIVE, None, None, samples,
                                f"{samples or 0:.0f} samples < {min_samples}")
         value = self._query(check.query, req.devices)
         if value is None:
             if check.no_data == "inconclusive":
-                return CheckResult(check.name, "inconclusive", None, None, samples, "no data")
+                return CheckResult(check.name, Verdict.INCONCLUSIVE, None, None, samples, "no data")
             value = 0.0
         base = self._baseline(check, req, min_samples)
-        problems, notes = self._thresholds(check, value, base)
-        verdict = "fail" if problems else "pass"
+        problems, notes = self._thresholds(check, value, base, bool(req.baseline))
+        if problems:
+            verdict = Verdict.FAIL
+        elif any(n.startswith(NO_BASELINE) for n in notes):
+            verdict = Verdict.INCONCLUSIVE  # a regression must not pass because the baseline is silent
+        else:
+            verdict = Verdict.PASS
         detail = "; ".join(problems or notes) or f"{value:.4g}"
         return CheckResult(check.name, verdict, value, base, samples, detail)
 
@@ -122,7 +145,8 @@ class Analyzer:
             return None
         return self._query(check.query, req.baseline)
 
-    def _thresholds(self, check: Check, value: float, base: float | None) -> tuple[list[str], list[str]]:
+    def _thresholds(self, check: Check, value: float, base: float | None,
+                    has_baseline: bool) -> tuple[list[str], list[str]]:
         problems, notes = [], []
         limit = check.max
         if isinstance(limit, str):
@@ -136,7 +160,8 @@ class Analyzer:
             if factor is None:
                 continue
             if base is None:
-                notes.append("no baseline data: ratio skipped")
+                notes.append(f"{NO_BASELINE}: the baseline devices report too few samples" if has_baseline
+                             else "no baseline devices (the whole fleet is upgraded): ratio skipped")
                 continue
             bound = base * factor
             bad = worse(value, bound)

@@ -117,14 +117,9 @@ def plan(obj: Ctx, fleets: tuple[Path, ...], fmt: str) -> None:
     sys.exit(2 if failed else 0)
 
 
-@rollout.command()
-@fleets_arg
-@click.option("--watch", is_flag=True, help="keep reconciling every --interval")
-@click.option("--interval", default="5m", show_default=True, help="time between passes with --watch")
-@click.pass_obj
-def apply(obj: Ctx, fleets: tuple[Path, ...], watch: bool, interval: str) -> None:
-    """One reconcile pass per fleet (or a loop with --watch). A fleet that fails does not stop the others;
-    exit 2 if a plan was refused, 1 if the API failed, 0 otherwise (a lease held by another run included)."""
+def reconcile_one(obj: Ctx, path: Path) -> int:
+    """One fleet's pass, in isolation: whatever goes wrong is reported for this fleet and turned into an exit
+    code (2 refused, 1 failed, 0 fine or leased by another run), so the other fleets are still reconciled."""
     from balena.exceptions import RequestError
 
     from fleet.rollout.balena_client import BalenaUnavailable
@@ -133,33 +128,47 @@ def apply(obj: Ctx, fleets: tuple[Path, ...], watch: bool, interval: str) -> Non
     from fleet.rollout.planner import PlanRefused
     from fleet.rollout.report import describe
 
+    try:
+        result = obj.controller(path).reconcile()
+    except PlanRefused as exc:
+        click.echo(f"  refused: {exc}", err=True)
+        return 2
+    except LeaseHeld as exc:
+        click.echo(f"  not acting: {exc}")
+        return 0
+    except (BalenaUnavailable, FleetNotFound) as exc:
+        click.echo(f"  error: {exc} (nothing is lost: the next run resumes)", err=True)
+        return 1
+    except RequestError as exc:
+        click.echo(f"  error: the balena API refused a request: HTTP {exc.status_code}: {str(exc.body)[:300]}", err=True)
+        return 1
+    except click.ClickException as exc:
+        click.echo(f"  error: {exc.format_message()}", err=True)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - one fleet's surprise must not stop the others (or --watch)
+        click.echo(f"  error: unexpected {type(exc).__name__} for {path.name}: {exc}", err=True)
+        return 1
+    for a in result.actions:
+        kind, detail = describe(a, result.observed)
+        if kind in ("wait", "note"):
+            click.echo(f"  {kind}: {detail}")
+    return 0
+
+
+@rollout.command()
+@fleets_arg
+@click.option("--watch", is_flag=True, help="keep reconciling every --interval")
+@click.option("--interval", default="5m", show_default=True, help="time between passes with --watch")
+@click.pass_obj
+def apply(obj: Ctx, fleets: tuple[Path, ...], watch: bool, interval: str) -> None:
+    """One reconcile pass per fleet (or a loop with --watch). A fleet that fails does not stop the others;
+    exit 2 if a plan was refused, 1 if a fleet failed, 0 otherwise (a lease held by another run included)."""
     pause = parse_duration(interval).total_seconds()
     while True:
         worst = 0
         for path in _fleet_files(fleets):
             click.echo(f"{path.name}:")
-            try:
-                result = obj.controller(path).reconcile()
-            except PlanRefused as exc:
-                click.echo(f"  refused: {exc}", err=True)
-                worst = 2
-                continue
-            except LeaseHeld as exc:
-                click.echo(f"  not acting: {exc}")
-                continue
-            except (BalenaUnavailable, FleetNotFound) as exc:
-                click.echo(f"  error: {exc} (nothing is lost: the next run resumes)", err=True)
-                worst = max(worst, 1)
-                continue
-            except RequestError as exc:
-                click.echo(f"  error: the balena API refused a request: HTTP {exc.status_code}: {str(exc.body)[:300]}",
-                           err=True)
-                worst = max(worst, 1)
-                continue
-            for a in result.actions:
-                kind, detail = describe(a, result.observed)
-                if kind in ("wait", "note"):
-                    click.echo(f"  {kind}: {detail}")
+            worst = max(worst, reconcile_one(obj, path))
         if not watch:
             sys.exit(worst)
         time.sleep(pause)

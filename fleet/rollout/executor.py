@@ -1,10 +1,11 @@
 """The thin executor: carries the planner's actions out through balena-sdk, in bulk, in a crash-safe order.
 
 Pins go as one `PATCH device?$filter=...id in (...)` per batch of ids - the request the SDK's own
-device.pin_to_release sends, without its per-batch lookup GETs (we already know ids and fleet). Each PATCH
-is guarded: it only touches devices of this fleet still in the expected state, so a pin a person set
-meanwhile is never overwritten. The record of what we pinned is written *after* the pins: a crash in
-between leaves devices pinned and unrecorded, which the planner adopts on the next run.
+device.pin_to_release sends, without its per-batch lookup GETs (we already know ids and fleet). A batch is
+capped by the length of its encoded URL (proxies refuse 8 KB; a 413/414 splits the batch and retries). Each
+PATCH is guarded: it only touches devices of this fleet still in the expected state, so a pin a person set
+meanwhile is never overwritten. The record of what we pin is written as an intent *before* the pins and
+confirmed after: a run cut short in between leaves the ids it may have pinned, which the planner settles.
 Every request goes through the bounded transport (balena_client): retried with backoff, never forever.
 """
 
@@ -16,9 +17,11 @@ from datetime import datetime, timedelta
 from balena import Balena
 from balena.exceptions import RequestError
 
+from fleet.rollout.balena_client import BalenaUnavailable
 from fleet.rollout.model import (
     CHANGES,
     AdoptPins,
+    DisownDevices,
     ForgetPins,
     Observed,
     PinDevices,
@@ -29,17 +32,23 @@ from fleet.rollout.model import (
 )
 from fleet.rollout.state import (
     ANALYSIS_TAG,
+    INTENT,
     LEASE_TAG,
     PINS_PER_TAG,
     PINS_PREFIX,
     STATE_TAG,
+    THEIRS_TAG,
     Lease,
     decode_ids,
     encode_ids,
     next_pins_key,
+    read_theirs,
 )
 
-PIN_BATCH = 200  # ids per PATCH: the SDK's own chunk size, a URL the API is known to accept
+PIN_BATCH = 200  # ids per PATCH: the SDK's own chunk size
+MAX_URL = 6000  # bytes of an encoded request URL: well below the 8 KB that proxies in front of APIs accept
+URL_OVERHEAD = 600  # the API prefix and the rest of the guarded filter
+TOO_LARGE = (413, 414)
 
 
 class LeaseHeld(RuntimeError):
@@ -49,6 +58,21 @@ class LeaseHeld(RuntimeError):
 def _chunks(ids: Iterable[int], size: int) -> list[list[int]]:
     ids = sorted(ids)
     return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def _url_batches(ids: Iterable[int], size: int, budget: int = MAX_URL - URL_OVERHEAD) -> list[list[int]]:
+    """At most `size` ids a batch, and no more than fit `budget` bytes of URL ("%2C" between two ids)."""
+    out: list[list[int]] = []
+    cur: list[int] = []
+    used = 0
+    for i in sorted(ids):
+        cost = len(str(i)) + 3
+        if cur and (len(cur) >= size or used + cost > budget):
+            out.append(cur)
+            cur, used = [], 0
+        cur.append(i)
+        used += cost
+    return out + ([cur] if cur else [])
 
 
 class FleetLease:
@@ -99,8 +123,13 @@ class FleetLease:
             try:
                 self.sdk.pine.post({"resource": "application_tag",
                                     "body": {"application": self.fleet_id, "tag_key": LEASE_TAG, "value": new}})
-            except RequestError as exc:
-                if exc.status_code == 409:
+            except (RequestError, BalenaUnavailable) as exc:
+                # The reply may have been lost after the POST went through (a retry then meets 409): the
+                # lease is ours if it holds exactly what we wrote (the holder id is unique to this run).
+                if self._current() == new:
+                    self.value = new
+                    return
+                if isinstance(exc, RequestError) and exc.status_code == 409:
                     raise LeaseHeld("another run took the lease first") from exc
                 raise
         else:
@@ -108,10 +137,13 @@ class FleetLease:
                                  "body": {"value": new}})
         self.value = new
 
-    def _verify(self) -> None:
+    def _current(self) -> str | None:
         rows = self.sdk.pine.get({"resource": "application_tag", "options": {
             "$select": "value", "$filter": {"application": self.fleet_id, "tag_key": LEASE_TAG}}})
-        self.confirm(rows[0]["value"] if rows else None)
+        return rows[0]["value"] if rows else None
+
+    def _verify(self) -> None:
+        self.confirm(self._current())
 
 
 class Executor:
@@ -136,36 +168,50 @@ class Executor:
         return done
 
     def _one(self, a: object) -> str:
-        if isinstance(a, WriteState):
-            self._set_tag(a.release_id, STATE_TAG, a.state.to_tag())
-            return f"state of {self.commits.get(a.release_id)}: {a.state.status} - {a.why}"
-        if isinstance(a, PinDevices):
-            self._pin(a.release_id, a.device_ids)
-            return f"pinned {len(a.device_ids)} {a.stage} device(s) to {self.commits.get(a.release_id)}"
-        if isinstance(a, AdoptPins):
-            self._record(a.release_id, a.device_ids)
-            return f"recorded {len(a.device_ids)} device(s) already pinned to {self.commits.get(a.release_id)}"
-        if isinstance(a, UnpinDevices):
-            self._unpin(a.release_id, a.device_ids)
-            return f"unpinned {len(a.device_ids)} device(s) from {self.commits.get(a.release_id)}: {a.why}"
-        if isinstance(a, ForgetPins):
-            self._forget(a.release_id, a.device_ids)
-            return f"forgot {len(a.device_ids)} device(s) no longer pinned by the controller"
-        if isinstance(a, PinFleet):
-            self.sdk.models.application.pin_to_release(self.fleet_id, a.commit)
-            return f"fleet pinned to {a.commit[:7]}"
-        if isinstance(a, RecordAnalysis):
-            self._set_tag(a.release_id, ANALYSIS_TAG, a.summary)
-            return "analysis recorded"
+        c = self.commits.get
+        match a:
+            case WriteState(release_id=rid, state=state, why=why):
+                self._set_tag(rid, STATE_TAG, state.to_tag())
+                return f"state of {c(rid)}: {state.status} - {why}"
+            case PinDevices(release_id=rid, device_ids=ids, stage=stage):
+                self._pin(rid, ids)
+                return f"pinned {len(ids)} {stage} device(s) to {c(rid)}"
+            case AdoptPins(release_id=rid, key=key, device_ids=ids):
+                self._rewrite(rid, key, frozenset(ids))
+                return f"recorded {len(ids)} device(s) an interrupted run pinned to {c(rid)}"
+            case UnpinDevices(release_id=rid, device_ids=ids, why=why):
+                self._unpin(rid, ids)
+                return f"unpinned {len(ids)} device(s) from {c(rid)}: {why}"
+            case ForgetPins(release_id=rid, device_ids=ids):
+                self._forget(rid, ids)
+                return f"forgot {len(ids)} device(s) no longer pinned by the controller"
+            case DisownDevices(release_id=rid, device_ids=ids):
+                self._set_tag(rid, THEIRS_TAG, encode_ids(read_theirs(self.tags[rid]) | set(ids)))
+                self._forget(rid, ids)
+                return f"{len(ids)} device(s) left to the person who re-pinned them, for the rest of this rollout"
+            case PinFleet(release_id=rid, commit=commit):
+                self.sdk.models.application.pin_to_release(self.fleet_id, commit)
+                return f"fleet pinned to {commit[:7]}"
+            case RecordAnalysis(release_id=rid, summary=summary):
+                self._set_tag(rid, ANALYSIS_TAG, summary)
+                return "analysis recorded"
         raise TypeError(f"unknown action {a!r}")
 
     # ------------------------------------------------------------ devices
 
     def _patch_devices(self, ids: list[int], expect: int | None, release_id: int | None) -> None:
         id_filter = ids[0] if len(ids) == 1 else {"$in": ids}
-        self.sdk.pine.patch({"resource": "device", "options": {"$filter": {
-            "belongs_to__application": self.fleet_id, "id": id_filter, "is_pinned_on__release": expect}},
-            "body": {"is_pinned_on__release": release_id}})
+        try:
+            self.sdk.pine.patch({"resource": "device", "options": {"$filter": {
+                "belongs_to__application": self.fleet_id, "id": id_filter, "is_pinned_on__release": expect}},
+                "body": {"is_pinned_on__release": release_id}})
+        except RequestError as exc:
+            if exc.status_code not in TOO_LARGE or len(ids) == 1:
+                raise
+            self.log(f"HTTP {exc.status_code} for {len(ids)} ids: split in two")  # a proxy with a lower limit
+            half = len(ids) // 2
+            self._patch_devices(ids[:half], expect, release_id)
+            self._patch_devices(ids[half:], expect, release_id)
 
     def _tick(self) -> None:
         """Before each request that changes pins: a long retry storm must not outlive our lease."""
@@ -173,16 +219,14 @@ class Executor:
             self.lease.renew_if_due()
 
     def _pin(self, release_id: int, ids: tuple[int, ...]) -> None:
-        pending: list[int] = []
-        for chunk in _chunks(ids, self.batch):
-            self._tick()
-            self._patch_devices(chunk, expect=None, release_id=release_id)
-            pending += chunk
-            if len(pending) >= self.pins_per_tag:
-                self._record(release_id, pending)
-                pending = []
-        if pending:
-            self._record(release_id, pending)
+        """Per record tag: the intent first, then the pins, then the record confirmed."""
+        for group in _chunks(ids, self.pins_per_tag):
+            key = next_pins_key(self.tags[release_id])
+            self._set_tag(release_id, key, encode_ids(group, INTENT))
+            for chunk in _url_batches(group, self.batch):
+                self._tick()
+                self._patch_devices(chunk, expect=None, release_id=release_id)
+            self._set_tag(release_id, key, encode_ids(group))
 
     def _unpin(self, release_id: int, ids: tuple[int, ...]) -> None:
         """Record tag by record tag: a tag goes only once all its devices are unpinned (crash-safe)."""
@@ -194,21 +238,13 @@ class Executor:
             part = held & remaining
             if not part:
                 continue
-            for chunk in _chunks(part, self.batch):
+            for chunk in _url_batches(part, self.batch):
                 self._tick()
                 self._patch_devices(chunk, expect=release_id, release_id=None)
             self._rewrite(release_id, key, held - part)
             remaining -= part
-        for chunk in _chunks(remaining, self.batch):  # pinned by us but not recorded (a cut-short run)
-            self._tick()
-            self._patch_devices(chunk, expect=release_id, release_id=None)
 
     # ------------------------------------------------------------ the record of our pins (release tags)
-
-    def _record(self, release_id: int, ids: Iterable[int]) -> None:
-        for chunk in _chunks(ids, self.pins_per_tag):
-            # a new key; the SDK's upsert also copes with a retried POST that had in fact gone through (409)
-            self._set_tag(release_id, next_pins_key(self.tags[release_id]), encode_ids(chunk))
 
     def _forget(self, release_id: int, ids: Iterable[int]) -> None:
         gone = set(ids)

@@ -36,6 +36,20 @@ class Device:
     pinned: int | None  # is_pinned_on__release; None = follows the fleet
     running: int | None  # is_running__release
     tags: Mapping[str, str] = field(default_factory=dict)
+    heartbeat: str | None = None  # api_heartbeat_state: online, timeout, offline, unknown
+    update_status: str | None = None  # what the supervisor reports: downloading, done, rejected, aborted, ...
+
+    @property
+    def reachable(self) -> bool:
+        """Polling the API (a device without VPN, is_online false, still updates) or on the VPN."""
+        return self.is_online or self.heartbeat == "online"
+
+    @property
+    def update_failed(self) -> bool:
+        return self.update_status in FAILED_UPDATES
+
+
+FAILED_UPDATES = frozenset({"rejected", "aborted"})  # the supervisor gave up on the target release
 
 
 @dataclass(frozen=True)
@@ -79,9 +93,11 @@ class PinDevices:
 
 @dataclass(frozen=True)
 class AdoptPins:
-    """Record devices already pinned to the release as ours (a run that crashed between pin and record)."""
+    """Confirm an intent record left by a run cut short: the devices it did pin (`device_ids`) are ours,
+    the others it never pinned (an empty list deletes the record)."""
 
     release_id: int
+    key: str
     device_ids: tuple[int, ...]
 
 
@@ -97,6 +113,15 @@ class UnpinDevices:
 @dataclass(frozen=True)
 class ForgetPins:
     """Drop devices from the record of what we pinned (a human took them over; `resume` acknowledged it)."""
+
+    release_id: int
+    device_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DisownDevices:
+    """Devices a person took over: dropped from our record and marked theirs, never pinned by us again in
+    this rollout, whatever they were set to (`resume` acknowledged it)."""
 
     release_id: int
     device_ids: tuple[int, ...]
@@ -127,8 +152,9 @@ class Note:
     message: str
 
 
-Action = WriteState | PinDevices | AdoptPins | UnpinDevices | ForgetPins | PinFleet | RecordAnalysis | Wait | Note
-CHANGES = (WriteState, PinDevices, AdoptPins, UnpinDevices, ForgetPins, PinFleet, RecordAnalysis)
+Change = WriteState | PinDevices | AdoptPins | UnpinDevices | ForgetPins | DisownDevices | PinFleet | RecordAnalysis
+Action = Change | Wait | Note
+CHANGES = (WriteState, PinDevices, AdoptPins, UnpinDevices, ForgetPins, DisownDevices, PinFleet, RecordAnalysis)
 
 
 def changes(actions: list) -> list:

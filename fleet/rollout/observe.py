@@ -1,4 +1,8 @@
-"""Read a fleet through balena-sdk: three GETs (fleet with its tags, the rollout's releases, devices)."""
+"""Read a fleet through balena-sdk: three GETs (fleet with its tags, the rollout's releases, devices).
+
+A device's reachability is its API heartbeat as well as is_online (the VPN): a device whose VPN is blocked
+still polls the API and updates. update_status says when the supervisor refused a release.
+"""
 
 from __future__ import annotations
 
@@ -60,7 +64,8 @@ def observe(sdk: Balena, slug: str, device_tag_keys: Iterable[str] = ()) -> Obse
     if current and current[0]["id"] not in {r.id for r in rels}:
         rels.append(_release(current[0]))
     device_opts: dict = {
-        "$select": ["id", "uuid", "device_name", "is_online", "is_pinned_on__release", "is_running__release"],
+        "$select": ["id", "uuid", "device_name", "is_online", "api_heartbeat_state", "update_status",
+                    "is_pinned_on__release", "is_running__release"],
         "$filter": {"belongs_to__application": fleet_id},
     }
     keys = sorted(set(device_tag_keys))
@@ -75,7 +80,8 @@ def observe(sdk: Balena, slug: str, device_tag_keys: Iterable[str] = ()) -> Obse
         releases=tuple(rels),
         devices=tuple(
             Device(d["id"], d["uuid"], d.get("device_name") or d["uuid"][:7], bool(d["is_online"]),
-                   _nav(d["is_pinned_on__release"]), _nav(d["is_running__release"]), _tags(d.get("device_tag", [])))
+                   _nav(d["is_pinned_on__release"]), _nav(d["is_running__release"]), _tags(d.get("device_tag", [])),
+                   d.get("api_heartbeat_state"), d.get("update_status"))
             for d in devices
         ),
         fleet_tags=_tags(app.get("application_tag", [])),

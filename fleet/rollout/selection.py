@@ -60,10 +60,15 @@ def canary_devices(policy: RolloutPolicy, eligible: Sequence[Device], key: str, 
     return sorted(tagged, key=lambda d: rank(key, d.uuid))[: c.max_devices]
 
 
-def stage_members(policy: RolloutPolicy, eligible: Sequence[Device], key: str, strict: bool = True
-                  ) -> list[list[Device]]:
-    """Devices per stage (cumulative: stage i includes every device of stage i-1)."""
-    canary = canary_devices(policy, eligible, key, strict)
+def stage_members(policy: RolloutPolicy, eligible: Sequence[Device], key: str, strict: bool = True,
+                  canary_ids: Sequence[int] = ()) -> list[list[Device]]:
+    """Devices per stage (cumulative: stage i includes every device of stage i-1). `canary_ids`: the canary
+    recorded when the rollout started (chosen once: devices tagged later never join it)."""
+    if canary_ids:
+        by_id = {d.id: d for d in eligible}
+        canary = [by_id[i] for i in canary_ids if i in by_id]
+    else:
+        canary = canary_devices(policy, eligible, key, strict)
     first = {d.id for d in canary}
     rest = sorted((d for d in eligible if d.id not in first), key=lambda d: rank(key, d.uuid))
     out = [canary]

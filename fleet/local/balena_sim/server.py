@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from fleet.local.procs import free_port
 from fleet.local.balena_sim.odata import ODataError, Options, parse_key, parse_query
 from fleet.local.balena_sim.store import SCHEMA, ApiError, Store
+from fleet.local.procs import free_port
 
 MAX_URL = 8192  # what the API's proxy accepts in a request line (longer: 414)
 MAX_BODY = 1 << 20  # bytes of a JSON body (larger: 413)

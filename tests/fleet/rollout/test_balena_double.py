@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from balena.exceptions import RequestError
 
+from fleet.local.balena_sim.odata import In, ODataError, parse_filter, parse_query
 from fleet.rollout.balena_client import BalenaUnavailable, RetryPolicy, connect, transport
 from tests.support.balena_double import BalenaDouble
-from fleet.local.balena_sim.odata import In, ODataError, parse_filter, parse_query
 
 
 @pytest.fixture

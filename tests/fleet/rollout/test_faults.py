@@ -96,6 +96,7 @@ def test_devices_pinned_by_a_run_that_died_before_recording_are_adopted_even_aft
     # new devices are provisioned that rank ahead of them: the pilot's selection moves
     for u in ranked_before(world, sorted(stranded), 6):
         world.api.store.add_device(world.app_id, u, running=world.old["id"])
+    advance_stage(world, c, 0)  # the next run settles what the dead one pinned, and pins the pilot's newcomers
     advance_stage(world, c, 48)
     assert world.state()["status"] == "rolled_back"
     assert world.pinned_to(world.new) == set()  # nothing stranded on the rolled-back release
@@ -168,14 +169,18 @@ def test_the_canary_is_chosen_once_and_keeps_its_cap(world: World):
     analyzer = ScriptedAnalyzer("pass")
     c = world.controller(analyzer)
     c.reconcile()
+    world.api.devices_apply_targets()
+    c.reconcile()
     canary = world.pinned_to(world.new)
     for u in ranked_before(world, sorted(canary), 2):  # tagged canary during the soak, ranked first
         world.api.store.add_device(world.app_id, u, running=world.old["id"], tags={"edgecv.canary": "true"})
     world.clock.advance(hours=12)
     c.reconcile()
     assert world.pinned_to(world.new) == canary
-    advance_stage(world, c, 12)
-    assert set(analyzer.calls[0].devices) == canary
+    world.api.devices_apply_targets()
+    world.clock.advance(hours=12, minutes=1)
+    c.reconcile()
+    assert set(analyzer.calls[0].devices) == {d["uuid"] for d in world.devices[:2]} == canary
 
 
 # 7 ------------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ def test_healthy_rollout_goes_canary_pilot_waves_done_with_soaks_respected(world
     previous = canary
     for stage, soak in enumerate([24, 48, 24, 24, 24]):
         api.devices_apply_targets()
+        c.reconcile()  # the stage's devices run the release: its soak starts
         clock.advance(hours=soak - 1)
         c.reconcile()  # still soaking: nothing moves, no analysis
         assert world.state()["stage"] == stage and len(analyzer.calls) == stage
@@ -98,7 +99,7 @@ def test_dashboard_repin_halts_and_the_device_is_never_touched_again(world: Worl
     assert world.pins()[victim["uuid"]] == world.old["id"]
     c.command("resume", by="oncall")
     assert world.state()["status"] == "running"
-    for soak in (0, 48, 24, 24, 24):
+    for soak in (24, 48, 24, 24, 24):  # the canary soak counts from when its devices were seen running it
         advance_stage(world, c, soak)
     assert world.state()["status"] == "done"
     assert world.pins()[victim["uuid"]] == world.old["id"]  # still where the person put it
@@ -185,7 +186,9 @@ def test_offline_devices_are_counted_and_pinned_when_they_come_back(world: World
     world.api.set_online(late.uuid, True)
     c.reconcile()
     assert world.pins()[late.uuid] == world.new["id"]  # pinned once back
-    advance_stage(world, c, 0)
+    advance_stage(world, c, 0)  # all four run it now: the pilot's soak starts
+    assert world.state()["stage"] == 1
+    advance_stage(world, c, 48)
     assert world.state()["stage"] == 2
 
 
@@ -275,6 +278,8 @@ def test_promote_skips_the_rest_of_the_soak_and_is_recorded(world: World):
 def test_abort_stops_where_it_is_and_resume_continues(world: World):
     c = world.controller(ScriptedAnalyzer("pass"))
     c.reconcile()
+    world.api.devices_apply_targets()
+    c.reconcile()
     c.command("abort", by="carol")
     advance_stage(world, c, 24)
     assert world.state()["status"] == "paused" and len(world.pinned_to(world.new)) == 2
@@ -303,6 +308,7 @@ def test_status_reports_stages_devices_and_soak(world: World):
     c = world.controller(ScriptedAnalyzer("pass"))
     c.reconcile()
     world.api.devices_apply_targets()
+    c.reconcile()
     world.clock.advance(hours=5)
     text = render_status(world.desired, c.observe(), world.clock())
     assert "rollout of abababa (attempt 1): running" in text
