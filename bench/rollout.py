@@ -10,6 +10,8 @@ pins the last wave (50 % -> 100 %: half the fleet, 5,000 devices). Reported:
          planning time (the pure planner on the observed 10,000 devices, median of 5);
 - naive: the per-device way: device.pin_to_release(uuid, commit) and a per-device marker tag
          (device.tags.set), measured on a sample of devices in the same run and scaled to the wave.
+- full:  requests and wall time of the whole rollout, canary to done (a pass when devices run the
+         release and one when each soak is over, as `apply --watch` would make).
 
 Goals: <= 50 requests to pin the whole wave, planning <= 1 s.
 """
@@ -32,22 +34,43 @@ from tests.fleet.rollout.conftest import ScriptedAnalyzer, make_world  # noqa: E
 from tests.support.balena_double import BalenaDouble  # noqa: E402
 
 
+def full_rollout(api: BalenaDouble, n: int) -> tuple[float, int]:
+    world = make_world(api, n=n)
+    c = world.controller(ScriptedAnalyzer("pass"))
+    api.reset_log()
+    t = time.perf_counter()
+    c.reconcile()
+    for soak in (24, 48, 24, 24, 24):
+        api.devices_apply_targets()
+        c.reconcile()
+        world.clock.advance(hours=soak, minutes=1)
+        c.reconcile()
+    assert world.state()["status"] == "done", world.state()
+    return time.perf_counter() - t, len(api.requests)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--devices", type=int, default=10_000)
     ap.add_argument("--naive-sample", type=int, default=100)
     args = ap.parse_args()
 
-    with BalenaDouble() as api:
+    with BalenaDouble(first_id=10_000_000) as api:  # balena-cloud sized ids (URL length matters)
+        full_s, full_n = full_rollout(api, args.devices)
+    print(f"full rollout: {args.devices} devices canary -> done in {full_n} requests, {full_s:.1f} s")
+
+    with BalenaDouble(first_id=10_000_000) as api:
         t0 = time.perf_counter()
         world = make_world(api, n=args.devices)
         c = world.controller(ScriptedAnalyzer("pass"))
         c.reconcile()  # canary
         for soak in (24, 48, 24):  # each soak over: pilot, wave 25 %, wave 50 %
             api.devices_apply_targets()
+            c.reconcile()  # the stage runs the release: its soak starts
             world.clock.advance(hours=soak, minutes=1)
             c.reconcile()
         api.devices_apply_targets()
+        c.reconcile()
         world.clock.advance(hours=24, minutes=1)  # wave 50 % has soaked: the next pass pins the rest
         print(f"setup: {args.devices} devices, walked to wave 50 % in {time.perf_counter() - t0:.1f} s")
         before = len(world.pinned_to(world.new))
