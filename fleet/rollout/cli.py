@@ -208,3 +208,36 @@ promote = _command("promote", "Skip the rest of the current stage's soak (record
 abort = _command("abort", "Stop the rollout where it is; devices stay as they are until resume or rollback.")
 rollback_cmd = _command("rollback", "Pin the upgraded devices back to the fleet's previous release.")
 resume = _command("resume", "Continue a halted or paused rollout (or retry a rolled-back one from the canary).")
+
+
+@rollout.command()
+@click.argument("fleet_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--devices", default=100, show_default=True, type=click.IntRange(1, 100_000),
+              help="simulated devices in the fleet")
+@click.option("--regression", multiple=True, metavar="STAGE:METRIC=VALUE",
+              help="from STAGE on, devices on the new release report METRIC=VALUE "
+                   "(inference_ms, fps, confidence, psi, error_ratio, restarts); repeatable")
+@click.option("--offline", default=0.0, show_default=True, type=float, help="share of devices that stay offline")
+@click.option("--human-pin", multiple=True, metavar="STAGE",
+              help="when STAGE starts, a person sets one of its devices to follow the fleet in the dashboard")
+def rehearse(fleet_file: Path, devices: int, regression: tuple[str, ...], offline: float,
+             human_pin: tuple[str, ...]) -> None:
+    """Rehearse the fleet file's rollout on a simulated fleet (a local balena API double, device metrics in a
+    real Prometheus, time compressed) and print the timeline. Exit 0 if it ends done, 1 otherwise."""
+    import signal
+
+    from fleet.rollout.rehearse import RehearsalError
+    from fleet.rollout.rehearse import rehearse as run
+    from fleet.spec.problems import ValidationFailed
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: the local Prometheus is stopped too
+    try:
+        outcome = run(fleet_file, devices, regression, offline, human_pin, out=click.echo)
+    except RehearsalError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except ValidationFailed as exc:
+        raise click.ClickException(f"invalid fleet file:\n{exc}") from exc
+    sim_h = outcome.simulated.total_seconds() / 3600
+    click.echo(f"\n{outcome.status}: {devices} device(s), {sim_h:.0f} h simulated in {outcome.wall_s:.1f} s "
+               f"({outcome.api_requests} API requests, {outcome.samples} samples written to Prometheus)")
+    sys.exit(0 if outcome.status == "done" else 1)
