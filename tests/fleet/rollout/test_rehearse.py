@@ -27,7 +27,6 @@ def test_a_regression_on_the_pilot_is_caught_by_the_real_analysis_and_rolled_bac
 
 
 @pytest.mark.integration
-@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_person_in_the_dashboard_halts_the_rehearsal_until_on_call_resumes_and_it_completes():
     outcome = rehearse(EXAMPLE, devices=40, human_pins=["pilot"], out=lambda line: None)
