@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -154,7 +155,7 @@ class Note:
 
 Change = WriteState | PinDevices | AdoptPins | UnpinDevices | ForgetPins | DisownDevices | PinFleet | RecordAnalysis
 Action = Change | Wait | Note
-CHANGES = (WriteState, PinDevices, AdoptPins, UnpinDevices, ForgetPins, DisownDevices, PinFleet, RecordAnalysis)
+CHANGES = typing.get_args(Change)  # a new action is added to `Change` once
 
 
 def changes(actions: list) -> list:

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from app.metrics import LATENCY_BUCKETS  # the device's own buckets: histogram_quantile reads what it would
 from fleet.local.balena_sim import BalenaDouble
 from fleet.local.prometheus import prometheus
 from fleet.local.remote_write import RemoteWriter, Series, labels
@@ -34,6 +33,10 @@ from fleet.rollout.selection import stages
 from fleet.rollout.state import Status, read_state
 from fleet.spec.fleetspec import APP_TAG, MODEL_TAG, load_fleet
 
+# app/metrics.py's buckets (the control plane does not import the app; a test keeps them equal), so
+# histogram_quantile reads what a device would report
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.033, 0.05, 0.075, 0.1, 0.15, 0.213, 0.3,
+                   0.5, 1.0, 2.5)
 HEALTHY = {"inference_ms": 40.0, "fps": 15.0, "confidence": 0.62, "psi": 0.05, "error_ratio": 0.0, "restarts": 0.0}
 ALIASES = {"inference_p95_ms": "inference_ms", "mean_confidence": "confidence", "drift_psi": "psi",
            "triton_error_ratio": "error_ratio", "errors": "error_ratio"}

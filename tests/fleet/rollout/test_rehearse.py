@@ -37,6 +37,13 @@ def test_a_person_in_the_dashboard_halts_the_rehearsal_until_on_call_resumes_and
         assert f"analysis of {stage}: PASS" in text
 
 
+def test_simulated_devices_report_the_apps_own_histogram_buckets():
+    from app.metrics import LATENCY_BUCKETS
+    from fleet.rollout import rehearse as module
+
+    assert module.LATENCY_BUCKETS == LATENCY_BUCKETS
+
+
 @pytest.mark.parametrize("args, complaint", [
     (["--regression", "pilot:fps"], "STAGE:METRIC=VALUE"),
     (["--regression", "wave9:fps=2"], "wave9"),

@@ -351,3 +351,13 @@ def test_git_moving_on_and_back_rolls_out_again_but_a_person_moving_the_fleet_is
     c.command("resume", by="erin")
     c.reconcile()
     assert world.state()["attempt"] == 3 and len(world.pinned_to(world.new)) == 2
+
+
+def test_a_device_without_vpn_but_with_a_heartbeat_is_pinned_and_counted_ready(world: World):
+    for dev in world.devices[:2]:
+        world.api.set_online(dev["uuid"], True, vpn=False)  # a firewall blocks the VPN; the API is reachable
+    c = world.controller(ScriptedAnalyzer("pass"))
+    c.reconcile()
+    assert len(world.pinned_to(world.new)) == 2
+    advance_stage(world, c, 24)
+    assert world.state()["stage"] == 1
