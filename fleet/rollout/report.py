@@ -150,7 +150,7 @@ def render_plan(desired: Desired, observed: Observed, actions: list, markdown: b
         out += ["", schedule(desired, observed, target, state, now, markdown), ""]
     shown = [a for a in actions if not isinstance(a, INTERNAL)]
     rows = [(str(i + 1), *describe(a, observed)) for i, a in enumerate(shown)] or [("1", "none", "nothing to do")]
-    head = "\n".join(out)
+    head = "\n".join(out) + "\n"
     return head + table(_capped(rows, BUDGET - len(head)), ("#", "action", "detail"), markdown) + "\n"
 
 
