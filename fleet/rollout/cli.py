@@ -114,6 +114,9 @@ def plan(obj: Ctx, fleets: tuple[Path, ...], fmt: str) -> None:
         except PlanRefused as exc:
             failed = True
             click.echo(render_plan(c.desired, observed, [], fmt == "markdown", error=str(exc)))
+        except ValueError as exc:  # e.g. a damaged rollout tag: this fleet's comment says so, the others render
+            failed = True
+            click.echo(render_plan(c.desired, observed, [], fmt == "markdown", error=f"{type(exc).__name__}: {exc}"))
     sys.exit(2 if failed else 0)
 
 
