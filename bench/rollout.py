@@ -27,11 +27,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from fleet.local.balena_sim import BalenaDouble  # noqa: E402
 from fleet.rollout.balena_client import connect  # noqa: E402
 from fleet.rollout.model import PinDevices  # noqa: E402
 from fleet.rollout.planner import plan  # noqa: E402
 from tests.fleet.rollout.conftest import ScriptedAnalyzer, make_world  # noqa: E402
-from tests.support.balena_double import BalenaDouble  # noqa: E402
 
 
 def full_rollout(api: BalenaDouble, n: int) -> tuple[float, int]:
