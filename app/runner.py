@@ -104,7 +104,7 @@ class Pipeline:
         self.infer.on_result = self._wake.set
         self.publisher = publisher
         self.batcher: Batcher[Pending] = Batcher(resolved.max_batch, resolved.max_delay_s)
-        self.preprocessor = Preprocessor(self.manifest.input, 1)
+        self.preprocessor = Preprocessor(self.manifest.served_input, 1)
         self.decode = decoder_for(self.manifest)
         self.classes = list(self.manifest.classes)
         cams = {c.id: c for c in cfg.cameras}

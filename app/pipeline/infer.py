@@ -87,8 +87,10 @@ class TritonInfer:
         self.max_batch, self.max_inflight = max_batch, max_inflight
         self.request_timeout_s, self.poll_s = request_timeout_s, poll_s
         self.metrics, self.on_result = metrics, on_result
-        self.input_spec = manifest.input
-        self.output_specs = list(manifest.outputs)
+        # The tensors as served: uint8 frames when preprocessing is fused into the graph, one fixed-size
+        # detections output when it decodes on the server (the artifact's own tensors otherwise).
+        self.input_spec = manifest.served_input
+        self.output_specs = manifest.served_outputs
         # Outputs of variable shape cannot be given a fixed place in shared memory.
         fixed_outputs = all(d > 0 for o in self.output_specs for d in o.shape)
         self.shared_memory = shared_memory and fixed_outputs

@@ -13,7 +13,7 @@ import numpy as np
 
 from app.pipeline.preprocess import LetterboxInfo, unletterbox
 from app.pipeline.types import Detections
-from fleet.spec.manifest import BoxesScoresClassesParams, ModelManifest, NanoDetParams
+from fleet.spec.manifest import DETECTIONS_OUTPUT, BoxesScoresClassesParams, ModelManifest, NanoDetParams
 
 Outputs = Mapping[str, np.ndarray]
 
@@ -232,6 +232,31 @@ class BoxesScoresClassesDecoder:
         return _split(xyxy[keep], conf[keep], cls[keep], b[keep], infos)
 
 
+class FixedDetectionsDecoder:
+    """The output of a graph that decoded and NMS-ed on the server (fleet/triton/fuse.py, `triton.server_decode`):
+    [B, max_det, 6] rows of x1, y1, x2, y2 (input pixels), score, class, best first; unused rows have class -1.
+    All that is left here is dropping the unused rows and unletterboxing."""
+
+    def __init__(self, num_classes: int, max_detections: int, output: str = DETECTIONS_OUTPUT):
+        self.num_classes, self.max_detections, self.output = num_classes, max_detections, output
+
+    def __call__(self, outputs: Outputs, infos: Sequence[LetterboxInfo]) -> list[Detections]:
+        if self.output not in outputs:
+            raise KeyError(f"model output '{self.output}' missing (have {sorted(outputs)})")
+        arr = np.asarray(outputs[self.output])
+        if arr.ndim != 3 or arr.shape[1:] != (self.max_detections, 6) or arr.shape[0] < len(infos):
+            raise ValueError(f"model output '{self.output}' has shape {arr.shape}; expected "
+                             f"({len(infos)}, {self.max_detections}, 6)")
+        out = []
+        for rows, info in zip(arr, infos, strict=False):
+            rows = rows[rows[:, 5] >= 0]
+            cls = rows[:, 5].astype(np.int32)
+            if len(cls) and int(cls.max()) >= self.num_classes:
+                raise ValueError(f"class ids outside 0..{self.num_classes - 1}: {sorted(set(cls.tolist()))[:10]}")
+            out.append(Detections(unletterbox(rows[:, :4], info), rows[:, 4].astype(np.float32), cls))
+        return out
+
+
 Decoder = Callable[[Outputs, Sequence[LetterboxInfo]], list[Detections]]
 
 DECODERS: dict[str, Callable[..., Decoder]] = {
@@ -241,8 +266,11 @@ DECODERS: dict[str, Callable[..., Decoder]] = {
 
 
 def decoder_for(manifest: ModelManifest) -> Decoder:
-    """The decoder the manifest names, set up for its input size and class list."""
+    """The decoder the manifest names, set up for its input size and class list (with triton.server_decode:
+    the reader of the server's fixed-size output)."""
     name = manifest.decoder.name
+    if manifest.triton.server_decode:
+        return FixedDetectionsDecoder(len(manifest.classes), manifest.decoder.params.max_detections)
     if name not in DECODERS:
         raise ValueError(f"{manifest.ref}: no decoder named '{name}' (known: {sorted(DECODERS)})")
     inp = manifest.input

@@ -2,6 +2,10 @@
 
 The hot path allocates nothing per frame: cv2.resize writes into a view of a reused uint8 canvas, and the
 normalisation writes straight into the batch buffer's slot with in-place numpy arithmetic.
+
+With a fused model (`triton.fused_preprocess`: the served input is letterboxed uint8 BGR NHWC and the graph
+does cast, mean/std, channel order and layout) there is no canvas: cv2.resize writes the frame straight into
+the batch slot in shared memory and only the padding strips are painted, a quarter of float32's bytes.
 """
 
 from __future__ import annotations
@@ -79,6 +83,8 @@ class Preprocessor:
         self._mul = (1.0 / np.asarray(spec.std, np.float32)).reshape(shape)
         self._add = (-np.asarray(spec.mean, np.float32) / np.asarray(spec.std, np.float32)).reshape(shape)
         self._identity = identity
+        # The destination is itself a letterboxed BGR HWC uint8 image: resize straight into it.
+        self._direct = dtype == np.uint8 and spec.layout == "NHWC" and spec.channel_order == "BGR" and identity
         # Views of the canvas in the model's channel order and layout (no copies).
         chans = self._canvas if spec.channel_order == "BGR" else self._canvas[:, :, ::-1]
         self._source = chans.transpose(2, 0, 1) if spec.layout == "NCHW" else chans
@@ -103,6 +109,8 @@ class Preprocessor:
         h, w = frame_bgr.shape[:2]
         info = self.geometry(w, h)
         new_w, new_h = placed_size(info)
+        if self._direct:
+            return self._write_direct(out, frame_bgr, info, new_w, new_h)
         placed = (info.pad_x, info.pad_y, new_w, new_h)
         if placed != self._placed:  # a new frame size: repaint the border once, not per frame
             self._canvas[:] = self.spec.pad_value
@@ -117,6 +125,20 @@ class Preprocessor:
         else:
             np.multiply(self._source, self._mul, out=out, casting="unsafe")
             out += self._add
+        return info
+
+    def _write_direct(self, out: np.ndarray, frame: np.ndarray, info: LetterboxInfo, new_w: int, new_h: int):
+        # Paint only the padding (a slot's previous frame may have been placed elsewhere), then the image.
+        x, y, pad = info.pad_x, info.pad_y, self.spec.pad_value
+        out[:y] = pad
+        out[y + new_h :] = pad
+        out[y : y + new_h, :x] = pad
+        out[y : y + new_h, x + new_w :] = pad
+        view = out[y : y + new_h, x : x + new_w]
+        if (new_w, new_h) == frame.shape[1::-1]:
+            view[...] = frame
+        else:
+            cv2.resize(frame, (new_w, new_h), dst=view, interpolation=cv2.INTER_LINEAR)
         return info
 
     def batch(self, n: int) -> np.ndarray:

@@ -169,10 +169,36 @@ class InstanceGroup(Strict):
     kind: Literal["KIND_GPU", "KIND_CPU", "KIND_AUTO"] = "KIND_GPU"
 
 
+class TensorRT(Strict):
+    """The TensorRT execution accelerator of the onnxruntime backend, for KIND_GPU instances.
+
+    The engine is built at the first load (minutes on a Jetson) and cached under engine_cache_dir, so later
+    starts load it in seconds; the directory must persist across restarts and be writable by Triton.
+    """
+
+    enabled: bool = True
+    precision: Literal["FP16", "FP32"] = "FP16"
+    engine_cache_dir: str = Field("/var/cache/edgecv/trt-engines", pattern=r"^/")
+    max_workspace_mb: Annotated[int, Field(ge=64)] = 1024
+
+
+# Tensor names of the graph `edgecv triton render` generates around the artifact (see fleet/triton/fuse.py).
+FUSED_INPUT = "image_u8"
+DETECTIONS_OUTPUT = "detections"  # [max_det, 6] per image: x1, y1, x2, y2 (input pixels), score, class (-1: none)
+
+
 class TritonSpec(Strict):
     max_batch_size: Annotated[int, Field(ge=1, le=256)] = 8
     dynamic_batching: DynamicBatching = DynamicBatching()
     instances: InstanceGroup = InstanceGroup()
+    fused_preprocess: bool = Field(
+        False, description="serve a uint8 letterboxed BGR NHWC input; cast, mean/std, channel order and layout "
+        "run in a graph generated around the artifact at render time"
+    )
+    server_decode: bool = Field(
+        False, description="decode + NMS in the generated graph; the app reads a fixed [max_det, 6] output"
+    )
+    tensorrt: TensorRT = TensorRT()
 
     @model_validator(mode="after")
     def _preferred_within_max(self) -> TritonSpec:
@@ -287,7 +313,28 @@ class ModelManifest(Strict):
         missing_out = [n for n in needed if n not in names]
         if missing_out:
             raise ValueError(f"decoder uses outputs not declared in outputs: {missing_out}")
+        if self.triton.server_decode and not isinstance(self.decoder, NanoDetDecoder):
+            raise ValueError(f"triton.server_decode needs the nanodet decoder, not {self.decoder.name}")
+        if (self.triton.fused_preprocess or self.triton.server_decode) and self.artifact.format != "onnx":
+            raise ValueError("triton.fused_preprocess and triton.server_decode need an onnx artifact")
         return self
+
+    @property
+    def served_input(self) -> InputSpec:
+        """The input tensor as Triton serves it: the artifact's, or with fused_preprocess the generated graph's
+        uint8 letterboxed BGR NHWC image (the graph does the rest)."""
+        if not self.triton.fused_preprocess:
+            return self.input
+        inp = self.input
+        return InputSpec(name=FUSED_INPUT, shape=[inp.height, inp.width, 3], dtype=TensorDType.UINT8, layout="NHWC",
+                         channel_order="BGR", resize=inp.resize, pad_value=inp.pad_value)
+
+    @property
+    def served_outputs(self) -> list[OutputSpec]:
+        """The outputs as Triton serves them: the artifact's, or with server_decode one fixed-size detections."""
+        if not self.triton.server_decode:
+            return list(self.outputs)
+        return [OutputSpec(name=DETECTIONS_OUTPUT, shape=[self.decoder.params.max_detections, 6])]
 
     @property
     def ref(self) -> str:

@@ -57,3 +57,26 @@ def triton_factory(tmp_path_factory, triton_repository, nanodet_manifest):
     finally:
         for server in started:
             server.stop()
+
+
+def serving(manifest: ModelManifest, **triton_updates) -> ModelManifest:
+    """`manifest` with its triton section updated, e.g. serving(m, fused_preprocess=True, server_decode=True)."""
+    return manifest.model_copy(update={"triton": manifest.triton.model_copy(update=triton_updates)})
+
+
+@pytest.fixture(scope="session")
+def sample_frames():
+    """Four frames of the bundled sample video (people in view), BGR uint8, 768x576."""
+    import cv2
+
+    from fleet.local.rtsp import sample_video
+
+    cap = cv2.VideoCapture(str(sample_video()))
+    frames = []
+    for i in range(120):
+        ok, frame = cap.read()
+        assert ok, "cannot read the sample video"
+        if i % 30 == 29:
+            frames.append(frame)
+    cap.release()
+    return frames

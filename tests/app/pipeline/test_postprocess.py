@@ -255,3 +255,27 @@ def test_boxes_scores_classes_refuses_unknown_class_ids_and_shape_mismatch():
         dec({"b": np.zeros((1, 1, 4)), "s": np.ones((1, 1)), "c": np.full((1, 1), 5)}, [info])
     with pytest.raises(ValueError, match="outputs disagree"):
         dec({"b": np.zeros((1, 2, 4)), "s": np.ones((1, 1)), "c": np.zeros((1, 1))}, [info])
+
+
+def test_fixed_detections_drop_padding_rows_and_are_unletterboxed():
+    from app.pipeline.postprocess import FixedDetectionsDecoder
+    from app.pipeline.preprocess import letterbox_geometry
+
+    dec = FixedDetectionsDecoder(num_classes=3, max_detections=4)
+    rows = np.zeros((2, 4, 6), np.float32)
+    rows[..., 5] = -1
+    rows[0, 0] = [10, 60, 110, 160, 0.9, 2]
+    rows[0, 1] = [0, 52, 20, 80, 0.5, 0]
+    info = letterbox_geometry(768, 576, 416, 416)  # scale 416/768, bars of 52 px top and bottom
+    a, b = dec({"detections": rows}, [info, info])
+    assert len(a) == 2 and len(b) == 0
+    assert a.class_ids.tolist() == [2, 0] and a.scores.tolist() == pytest.approx([0.9, 0.5])
+    np.testing.assert_allclose(a.boxes[0], [10 / info.scale, 8 / info.scale, 110 / info.scale, 108 / info.scale],
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match=r"expected \(2, 4, 6\)"):
+        dec({"detections": rows[:, :3]}, [info, info])
+    rows[1, 0] = [0, 0, 1, 1, 0.9, 7]
+    with pytest.raises(ValueError, match="class ids outside"):
+        dec({"detections": rows}, [info, info])
+    with pytest.raises(KeyError, match="detections"):
+        dec({"other": rows}, [info])

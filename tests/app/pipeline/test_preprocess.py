@@ -180,3 +180,38 @@ def test_stretch_resize_fills_the_input():
     info = pre.write(0, np.full((576, 768, 3), 255, np.uint8))
     assert (info.pad_x, info.pad_y) == (0, 0) and info.scale != info.sy
     np.testing.assert_allclose(unletterbox(np.array([[0, 0, 416, 416]]), info)[0], [0, 0, 768, 576], atol=1e-3)
+
+
+def fused_spec(pad_value: int = 114) -> InputSpec:
+    """What a fused model serves (ModelManifest.served_input): letterboxed BGR uint8, NHWC."""
+    return InputSpec(name="image_u8", shape=[416, 416, 3], layout="NHWC", dtype="UINT8", channel_order="BGR",
+                     pad_value=pad_value)
+
+
+def test_uint8_for_a_fused_model_is_the_float_paths_canvas_written_in_place():
+    rng = np.random.default_rng(3)
+    direct, ref = Preprocessor(fused_spec(), 2), Preprocessor(spec(pad_value=114), 1)
+    for w, h in ((768, 576), (480, 640), (416, 416), (1920, 1080)):
+        frame = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        assert direct.write(1, frame) == ref.write(0, frame)
+        np.testing.assert_array_equal(direct.buffer[1], ref._canvas)  # same pixels as today's path, padding too
+    assert direct.buffer[0].nbytes * 4 == ref.buffer[0].nbytes  # a quarter of float32's bytes per image
+
+
+def test_uint8_slot_reused_for_another_frame_size_loses_the_old_image():
+    pre = Preprocessor(fused_spec(pad_value=0), 1)
+    pre.write(0, np.full((576, 768, 3), 255, np.uint8))  # wide: the image spans every column
+    pre.write(0, np.full((640, 480, 3), 200, np.uint8))  # tall: the side bars must be repainted
+    assert pre.buffer[0, 208, 0].tolist() == [0, 0, 0] and pre.buffer[0, 0, 208].tolist() == [200, 200, 200]
+
+
+def test_uint8_hot_path_allocates_no_frame_sized_arrays():
+    pre = Preprocessor(fused_spec(), 8)
+    frame = np.random.default_rng(0).integers(0, 255, (576, 768, 3), dtype=np.uint8)
+    pre.write(0, frame)
+    tracemalloc.start()
+    for i in range(8):
+        pre.write(i, frame)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 100_000

@@ -113,3 +113,61 @@ def test_cli_renders_and_reports_bad_manifests(tmp_path):
     assert res.exit_code == 1
     assert "manifest.yaml" in res.output and "triton.max_batch_size" in res.output
     assert not (tmp_path / "r2").exists()
+
+
+def test_fused_render_serves_uint8_in_and_fixed_detections_out_and_keeps_the_artifact(manifest, tmp_path):
+    import hashlib
+
+    from tests.support.triton_fixtures import serving
+
+    m = serving(manifest, fused_preprocess=True, server_decode=True)
+    model_dir = render(m, tmp_path, "onnxruntime")
+    cfg = read_config(model_dir)
+    (inp,) = cfg.input
+    assert (inp.name, list(inp.dims), inp.data_type) == ("image_u8", [416, 416, 3], mc.TYPE_UINT8)
+    assert [(o.name, list(o.dims)) for o in cfg.output] == [("detections", [100, 6])]
+    assert cfg.parameters["artifact_sha256"].string_value == manifest.artifact.sha256
+    served = (model_dir / "1" / "model.onnx").read_bytes()
+    assert hashlib.sha256(served).hexdigest() != manifest.artifact.sha256  # the generated wrapper...
+    source = manifest.artifact.local_path(REPO_ROOT)
+    assert hashlib.sha256(source.read_bytes()).hexdigest() == manifest.artifact.sha256  # ...the artifact untouched
+
+
+def test_a_wrong_artifact_is_refused_before_fusing(manifest, tmp_path):
+    from tests.support.triton_fixtures import serving
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"x" * manifest.artifact.size)
+    with pytest.raises(RenderError, match="does not match the manifest"):
+        render(serving(manifest, fused_preprocess=True), tmp_path / "out", artifact=bad)
+
+
+def test_gpu_instances_get_tensorrt_fp16_with_an_engine_cache_unless_turned_off(manifest):
+    from fleet.triton.render import model_config
+    from tests.support.triton_fixtures import serving
+
+    (acc,) = model_config(manifest, "onnxruntime").optimization.execution_accelerators.gpu_execution_accelerator
+    assert acc.name == "tensorrt" and acc.parameters["precision_mode"] == "FP16"
+    assert acc.parameters["trt_engine_cache_enable"] == "1"
+    assert acc.parameters["trt_engine_cache_path"] == "/var/cache/edgecv/trt-engines/nanodet-m/1.0.0"
+    off = serving(manifest, tensorrt=manifest.triton.tensorrt.model_copy(update={"enabled": False}))
+    fp32 = serving(manifest, tensorrt=manifest.triton.tensorrt.model_copy(update={"precision": "FP32"}))
+    cpu = serving(manifest, instances=manifest.triton.instances.model_copy(update={"kind": "KIND_CPU"}))
+    assert not model_config(off, "onnxruntime").HasField("optimization")
+    assert not model_config(cpu, "onnxruntime").HasField("optimization")
+    assert not model_config(manifest, "python").HasField("optimization")  # the python backend runs on the CPU
+    (acc,) = model_config(fp32, "onnxruntime").optimization.execution_accelerators.gpu_execution_accelerator
+    assert acc.parameters["precision_mode"] == "FP32"
+
+
+def test_server_decode_needs_the_nanodet_decoder():
+    from fleet.spec.manifest import parse_manifest
+    from tests.support.manifests import manifest_dict
+
+    doc = manifest_dict("file://models/tiny/tiny.onnx")
+    doc["triton"] = {"server_decode": True}
+    with pytest.raises(ValueError, match="triton.server_decode needs the nanodet decoder"):
+        parse_manifest(doc)
+    doc["triton"] = {"tensorrt": {"engine_cache_dir": "relative/dir"}}
+    with pytest.raises(ValueError, match="engine_cache_dir"):
+        parse_manifest(doc)
