@@ -99,7 +99,7 @@ def _append_decode(graph: onnx.GraphProto, manifest: ModelManifest) -> None:
     if not isinstance(manifest.decoder, NanoDetDecoder):
         raise FuseError(f"{manifest.ref}: server-side decode is implemented for the nanodet decoder only")
     p = manifest.decoder.params
-    nc, bins = len(manifest.classes), p.reg_max + 1
+    bins = p.reg_max + 1
     in_w, in_h = manifest.input.width, manifest.input.height
     outputs = {o.name for o in graph.output}
     missing = [n for n in p.score_outputs + p.box_outputs if n not in outputs]
