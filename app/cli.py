@@ -2,6 +2,7 @@
 
     edgecv app run --config site.yaml [--duration 60] [--latency-report latency.json]
     edgecv app report --metrics-url http://127.0.0.1:9108/metrics --out latency.json
+    edgecv app batch VIDEO... --config site.yaml --out DIR [--batch 32]   (app.batch: the overnight mode)
 
 `run` serves /metrics, /healthz and /readyz on the metrics port and runs until SIGTERM or SIGINT (or
 --duration), then drains in-flight work and exits 0. A config with problems prints them as
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -94,3 +96,53 @@ def report_cmd(metrics_url: str, out: Path | None) -> None:
         click.echo(f"latency report -> {out}", err=True)
     else:
         click.echo(json.dumps(report, indent=2))
+
+
+@app_group.command("batch")
+@click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="directory for the JSON Lines, events, COCO results and .done markers")
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
+              help="app config YAML: Triton, the manifest, the tracker and the rules")
+@click.option("--camera", "camera_id", default=None, help="whose rules apply (default: the config's first camera)")
+@click.option("--batch", type=int, default=None,
+              help="images per request (default: the manifest's largest preferred batch size)")
+@click.option("--decoders", type=int, default=min(4, os.cpu_count() or 1), show_default=True,
+              help="files decoded in parallel")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def batch_cmd(videos: tuple[Path, ...], out: Path, config_path: Path, camera_id: str | None, batch: int | None,
+              decoders: int, progress: bool) -> None:
+    """Run recorded VIDEO files through the model (resumable: finished files are skipped)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from app.batch import BatchError, BatchRunner
+    from app.config import check_config
+
+    resolved, problems = check_config(config_path)
+    if problems:
+        for p in problems:
+            click.echo(str(p), err=True)
+        sys.exit(EXIT_CONFIG)
+    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    bar = Progress(TextColumn("[bold]batch"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} frames"),
+                   TextColumn("{task.fields[fps]:.0f} frames/s"), TextColumn("ETA"), TimeRemainingColumn(),
+                   disable=not progress, transient=False)
+    task = bar.add_task("batch", total=None, fps=0.0)
+
+    def on_progress(done: int, total: int, fps: float) -> None:
+        bar.update(task, completed=done, total=max(total, done) or None, fps=fps)
+
+    try:
+        runner = BatchRunner(resolved, out, camera_id=camera_id, batch=batch, decoders=decoders,
+                             on_progress=on_progress)
+        with bar:
+            summary = runner.run(videos)
+    except BatchError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    except TimeoutError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_TRITON)
+    click.echo(json.dumps({"videos": summary.videos, "skipped": summary.skipped, "frames": summary.frames,
+                           "events": summary.events, "seconds": round(summary.seconds, 2),
+                           "frames_per_s": round(summary.fps, 1)}))
