@@ -9,6 +9,7 @@
       - id: gate
         url: rtsp://10.0.0.21:554/stream1           # or a video file path (relative to this file), looped
         fps: 10                                     # cap; frames above it are skipped at the reader
+        capture: {backend: gstreamer, decoder: nvv4l2decoder}   # default: opencv (app.pipeline.capture_gst)
         zones: [...]; lines: [...]; rules: [...]    # app.pipeline.rules.RulesConfig, per camera (frame pixels)
     tracker: {...}                                  # app.pipeline.tracker.TrackerConfig
     mqtt: {host: 127.0.0.1, port: 1883}            # omit to keep events local (counted, not sent)
@@ -87,12 +88,22 @@ class BatchingConfig(_Strict):
     )
 
 
+class CaptureConfig(_Strict):
+    """How a camera is decoded: OpenCV's FFmpeg (default) or GStreamer with a chosen decoder element
+    (app.pipeline.capture_gst): nvv4l2decoder (NVDEC) on a Jetson, decodebin / avdec_h264 elsewhere."""
+
+    backend: Literal["opencv", "gstreamer"] = "opencv"
+    decoder: str = Field("decodebin", pattern=r"^[a-z][a-z0-9_]*$", description="GStreamer decoder element")
+    codec: Literal["h264", "h265"] = "h264"
+
+
 class CameraConfig(_Strict):
     id: str = Field(pattern=NAME)
     url: str = Field(description="rtsp://... (or http[s]://) stream, or a video file path (looped)")
     fps: Annotated[float, Field(gt=0, le=120)] | None = Field(None, description="cap; default: the source's rate")
     open_timeout_ms: Annotated[int, Field(ge=100)] = 5000
     read_timeout_ms: Annotated[int, Field(ge=100)] = 3000
+    capture: CaptureConfig = CaptureConfig()
     zones: list[Zone] = Field(default_factory=list)
     lines: list[Line] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)

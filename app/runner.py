@@ -85,7 +85,7 @@ class Pipeline:
         self.recorder = recorder or LatencyRecorder()
         self._wake = threading.Event()
         self.sources = list(sources) if sources is not None else [
-            CameraReader(
+            _reader(cam)(
                 cam.id, camera_source(resolved, cam), is_stream=cam.is_stream, fps=cam.fps,
                 open_timeout_ms=cam.open_timeout_ms, read_timeout_ms=cam.read_timeout_ms,
                 metrics=self.metrics, on_frame=self._wake.set,
@@ -404,6 +404,17 @@ class Pipeline:
             "triton_ready": bool(self.infer.ready),
             "cameras": {s.camera_id: bool(s.up) for s in self.sources},
         }
+
+
+def _reader(cam):
+    """The reader class for a camera's capture backend (GStreamer's with its decoder element bound)."""
+    if cam.capture.backend != "gstreamer":
+        return CameraReader
+    import functools
+
+    from app.pipeline.capture_gst import GstCameraReader
+
+    return functools.partial(GstCameraReader, decoder=cam.capture.decoder, codec=cam.capture.codec)
 
 
 def _no_rules():

@@ -1,0 +1,183 @@
+"""Camera capture through GStreamer: hardware decode on a Jetson (NVDEC via `nvv4l2decoder`), software elsewhere.
+
+Chosen per camera in the app config (`capture: {backend: gstreamer, decoder: nvv4l2decoder}`); the OpenCV
+reader (app.pipeline.capture) stays the default. This reader is a CameraReader with another source: the same
+newest-frame slot, metrics, reconnect with backoff and jitter, file looping and fps cap; only opening and
+reading differ.
+
+    stream: rtspsrc (TCP) ! rtph264depay ! h264parse ! DECODER ! [nvvidconv !] videoconvert ! BGR ! appsink
+    file:   filesrc ! decodebin ! videoconvert ! BGR ! appsink (sync: plays at the file's own rate)
+
+DECODER is `decodebin` by default (it picks the best installed: avdec_h264 from gstreamer1.0-libav, else
+openh264dec), `avdec_h264` to insist on FFmpeg's, `nvv4l2decoder` on a Jetson (the NVMM frames it makes are
+brought to system memory by nvvidconv, on the VIC engine, not the CPU). The URL is set as a property, never
+pasted into the pipeline text, so a camera URL cannot add elements.
+
+Frames: appsink keeps one buffer (max-buffers=1, drop for live streams), so a slow pipeline never queues
+stale frames inside GStreamer; each sample is copied once, out of GStreamer's recycled buffer pool, into the
+array our frame slot holds; frames above the fps cap are dropped before that copy.
+
+Failures, all leading to a reconnect with backoff: no first frame within open_timeout_ms; no new frame within
+read_timeout_ms while playing (a stalled server: the pull times out, it never blocks); end of stream (EOS);
+an ERROR message on the bus (connection refused or lost, decoder error).
+
+GStreamer's Python bindings (python3-gi; JetPack and Debian ship them for the system Python) are not on
+PyPI for Debian 12's GLib: when the interpreter cannot import `gi`, the system's dist-packages directory is
+appended to sys.path (after our own packages, so nothing of ours is shadowed).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import numpy as np
+
+from app.pipeline.capture import CameraReader
+
+log = logging.getLogger(__name__)
+
+SYSTEM_SITE = "/usr/lib/python3/dist-packages"
+_gst = None
+
+
+def gst():
+    """The initialised Gst module (imported on first use: the OpenCV path never needs it)."""
+    global _gst
+    if _gst is None:
+        try:
+            import gi
+        except ImportError:
+            if SYSTEM_SITE not in sys.path:
+                sys.path.append(SYSTEM_SITE)
+            try:
+                import gi
+            except ImportError as exc:
+                raise RuntimeError("GStreamer capture needs python3-gi and gir1.2-gstreamer-1.0 "
+                                   "(apt-get install python3-gi gir1.2-gstreamer-1.0)") from exc
+        gi.require_version("Gst", "1.0")
+        from gi.repository import Gst
+
+        Gst.init(None)
+        _gst = Gst
+    return _gst
+
+
+def has_element(name: str) -> bool:
+    return gst().ElementFactory.find(name) is not None
+
+
+def pipeline_description(is_stream: bool, decoder: str = "decodebin", codec: str = "h264") -> str:
+    """The pipeline text (without the location: set as a property on the element named `src`)."""
+    sink = "video/x-raw,format=BGR ! appsink name=sink max-buffers=1 emit-signals=false"
+    if not is_stream:
+        return f"filesrc name=src ! decodebin ! videoconvert ! {sink} drop=false sync=true"
+    convert = "nvvidconv ! video/x-raw,format=BGRx ! videoconvert" if decoder.startswith("nvv4l2") else "videoconvert"
+    return (f"rtspsrc name=src protocols=tcp latency=100 ! rtp{codec}depay ! {codec}parse ! {decoder} ! "
+            f"{convert} ! {sink} drop=true sync=false")
+
+
+class GstSource:
+    """One playing GStreamer pipeline; `pull(timeout_s)` -> (BGR frame | None, why: 'ok' | 'eos' | 'stall' | error)."""
+
+    def __init__(self, description: str, location: str):
+        Gst = gst()
+        self.pipeline = Gst.parse_launch(description)
+        self.pipeline.get_by_name("src").set_property("location", location)
+        self.sink = self.pipeline.get_by_name("sink")
+        self.bus = self.pipeline.get_bus()
+        if self.pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
+            self.release()
+            raise OSError(f"cannot start {description.split(' ', 1)[0]} for {location}")
+
+    def error(self) -> str | None:
+        Gst = gst()
+        msg = self.bus.pop_filtered(Gst.MessageType.ERROR)
+        if msg is None:
+            return None
+        err, debug = msg.parse_error()
+        return f"{err.message} ({(debug or '').splitlines()[0][:200] if debug else ''})"
+
+    def pull(self, timeout_s: float, convert: bool = True) -> tuple[np.ndarray | None, str]:
+        sample = self.sink.emit("try-pull-sample", int(timeout_s * 1e9))
+        if sample is None:
+            err = self.error()
+            if err is not None:
+                return None, err
+            return None, "eos" if self.sink.get_property("eos") else "stall"
+        if not convert:
+            return None, "ok"
+        return sample_to_array(sample), "ok"
+
+    def release(self) -> None:
+        self.pipeline.set_state(gst().State.NULL)
+
+
+def sample_to_array(sample) -> np.ndarray:
+    """A BGR HxWx3 uint8 array of the sample: one copy out of GStreamer's buffer pool."""
+    Gst = gst()
+    s = sample.get_caps().get_structure(0)
+    w, h = s.get_value("width"), s.get_value("height")
+    buf = sample.get_buffer()
+    ok, info = buf.map(Gst.MapFlags.READ)
+    if not ok:
+        raise OSError("cannot map a GStreamer buffer")
+    try:
+        data = info.data  # bytes: the copy (python-gi hands out a copy of the mapped memory)
+    finally:
+        buf.unmap(info)
+    stride = len(data) // h  # rows are padded to 4 bytes
+    arr = np.frombuffer(data, np.uint8).reshape(h, stride)
+    if stride != w * 3:
+        return np.ascontiguousarray(arr[:, : w * 3]).reshape(h, w, 3)
+    return arr.reshape(h, w, 3)
+
+
+class GstCameraReader(CameraReader):
+    """A CameraReader whose frames come from GStreamer (see the module docstring)."""
+
+    def __init__(self, camera_id: str, source: str, *, decoder: str = "decodebin", codec: str = "h264", **kw):
+        super().__init__(camera_id, source, **kw)
+        self.decoder, self.codec = decoder, codec
+        self.description = pipeline_description(self.is_stream, decoder, codec)
+        self.last_failure: str | None = None  # why the source was last torn down (eos, stall, an error)
+        self._first: np.ndarray | None = None
+
+    def _open(self):
+        try:
+            src = GstSource(self.description, self.source)
+        except Exception as exc:  # a missing element, an unparsable pipeline: reported, retried with backoff
+            self.last_failure = str(exc)
+            log.warning("camera %s: %s", self.camera_id, exc)
+            return None
+        image, why = src.pull(self.open_timeout_ms / 1000)
+        if image is None:
+            self.last_failure = why
+            log.warning("camera %s: no first frame within %d ms (%s)", self.camera_id, self.open_timeout_ms, why)
+            src.release()
+            return None
+        self._first = image
+        return src
+
+    def _read_until_end(self, src: GstSource) -> int:
+        delivered = 0
+        period = 1.0 / self.fps if self.fps else 0.0
+        image, self._first = self._first, None
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if image is not None:
+                late = now - self._next_due
+                self._next_due = (self._next_due if late < period else now) + period
+                self._deliver(image, now)
+                delivered += 1
+            # A stalled source answers None after read_timeout_ms; it never blocks us longer.
+            capped = period and time.monotonic() < self._next_due
+            image, why = src.pull(self.read_timeout_ms / 1000, convert=not capped)
+            if why != "ok":
+                self.last_failure = why
+                if why != "eos" or self.is_stream:
+                    log.warning("camera %s: %s", self.camera_id,
+                                f"no frame for {self.read_timeout_ms} ms" if why == "stall" else why)
+                break
+        return delivered
