@@ -133,3 +133,21 @@ def test_through_triton_with_shared_memory(nanodet_manifest, sample_frames, toda
         finally:
             infer.close()
     assert_same_detections(got, today[2])
+
+
+@pytest.mark.integration
+def test_load_times_cold_and_warm_on_a_running_triton(triton_server, nanodet_manifest, tmp_path):
+    """On the shared server: the model is unloaded and loaded twice, and ready again at the end."""
+    from fleet.triton.load_time import load_times
+
+    server = triton_server
+    cache = tmp_path / "engines"
+    cache.mkdir()
+    (cache / "stale.engine").write_bytes(b"an engine of another build")
+    times = load_times(server.http_url, nanodet_manifest.name, engine_cache_dir=cache)
+    assert not (cache / "stale.engine").exists()  # the cold load started from an empty cache
+    assert 0 < times.cold_s < 60 and 0 < times.warm_s < 60 and times.within_budget
+    assert times.as_dict()["budget_s"] == 30.0
+    import tritonclient.http as httpclient
+
+    assert httpclient.InferenceServerClient(server.http_url).is_model_ready(nanodet_manifest.name)
