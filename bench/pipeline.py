@@ -83,6 +83,12 @@ class TritonPythonModel:
 '''
 
 
+def sample_video_path() -> Path:
+    from fleet.local.rtsp import sample_video
+
+    return Path(sample_video())
+
+
 def sample_frame() -> np.ndarray:
     import cv2
 
@@ -207,6 +213,140 @@ def measure(resolved: Resolved, sources: list, warmup_s: float, seconds: float) 
     }
 
 
+def decode_cost(manifest: ModelManifest, frame: np.ndarray, batch: int = 8, reps: int = 30) -> dict:
+    """CPU ms per batch of today's numpy decoder against the same decode + NMS as ONNX nodes (the server-side
+    decode) on onnxruntime's CPU provider, one thread each, on NanoDet's real outputs for `batch` frames."""
+    import onnxruntime as ort
+
+    from app.pipeline.postprocess import decoder_for
+    from app.pipeline.preprocess import Preprocessor
+    from fleet.triton.fuse import decode_model
+
+    pre = Preprocessor(manifest.input, batch)
+    infos = [pre.write(i, frame) for i in range(batch)]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    net = ort.InferenceSession(str(manifest.artifact.local_path(REPO_ROOT)), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in manifest.outputs]
+    raw = dict(zip(names, net.run(names, {manifest.input.name: pre.batch(batch)}), strict=True))
+    numpy_decode = decoder_for(manifest)
+    graph = ort.InferenceSession(decode_model(manifest), opts, providers=["CPUExecutionProvider"])
+    feed = {f"head/{n}": a for n, a in raw.items()}
+
+    def cpu_ms(fn) -> float:
+        fn()
+        c0 = time.process_time()
+        for _ in range(reps):
+            fn()
+        return 1000 * (time.process_time() - c0) / reps
+
+    numpy_ms = cpu_ms(lambda: numpy_decode(raw, infos))
+    onnx_ms = cpu_ms(lambda: graph.run(["detections"], feed))
+    return {"batch": batch, "numpy_ms": numpy_ms, "onnx_cpu_ms": onnx_ms, "onnx_vs_numpy": onnx_ms / numpy_ms}
+
+
+def h264_file(frame_source: Path, out: Path, frames: int = 300) -> Path:
+    """An H.264 MP4 (what cameras record) of the sample video, made with Debian's ffmpeg."""
+    import subprocess
+
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(frame_source), "-frames:v", str(frames), "-c:v", "libx264",
+                    "-preset", "veryfast", "-pix_fmt", "yuv420p", str(out)], check=True)
+    return out
+
+
+def decode_throughput(video: Path) -> dict:
+    """Software decode of every frame to BGR arrays: OpenCV's FFmpeg (today) against GStreamer's appsink path."""
+    import cv2
+
+    from app.pipeline.capture_gst import GstSource, has_element
+
+    def run(read) -> dict:
+        c0, t0, n = time.process_time(), time.monotonic(), 0
+        while read():
+            n += 1
+        wall, cpu = time.monotonic() - t0, time.process_time() - c0
+        return {"frames": n, "fps": n / wall, "cpu_ms_per_frame": 1000 * cpu / max(n, 1)}
+
+    cap = cv2.VideoCapture(str(video))
+    opencv = run(lambda: cap.read()[0])
+    cap.release()
+    decoder = "avdec_h264" if has_element("avdec_h264") else "decodebin"
+    src = GstSource(f"filesrc name=src ! qtdemux ! h264parse ! {decoder} ! videoconvert ! "
+                    "video/x-raw,format=BGR ! appsink name=sink max-buffers=4 drop=false sync=false", str(video))
+    gstreamer = run(lambda: src.pull(5.0)[0] is not None)
+    src.release()
+    return {"opencv": opencv, "gstreamer": gstreamer, "decoder": decoder,
+            "gst_vs_opencv_cpu": gstreamer["cpu_ms_per_frame"] / opencv["cpu_ms_per_frame"]}
+
+
+def model_throughput(manifest: ModelManifest, url: str, frame: np.ndarray, batch: int, seconds: float) -> float:
+    """The served model's own images/s: full batches of one preprocessed frame, back to back, 2 in flight."""
+    from app.pipeline.infer import TritonInfer
+    from app.pipeline.preprocess import Preprocessor
+
+    infer = TritonInfer(manifest, url, max_batch=batch, max_inflight=2, shared_memory=True).start(60)
+    try:
+        pre = Preprocessor(manifest.served_input, 1)
+        free = []
+        while (slot := infer.acquire()) is not None:
+            for i in range(batch):
+                pre.write_to(slot.input[i], frame)
+            free.append(slot)
+        images, end, t0 = 0, time.monotonic() + seconds, time.monotonic()
+        while time.monotonic() < end:
+            while len(free) > 1:  # keep one slot back: at most max_inflight requests
+                infer.submit(free.pop(), batch)
+            for r in infer.results():
+                images += r.n
+                free.append(r.slot)
+            time.sleep(0.0002)
+        return images / (time.monotonic() - t0)
+    finally:
+        infer.close()
+
+
+def parallel_decode(videos: list[Path], decoders: int) -> float:
+    """Frames/s of decoding `videos` alone with `decoders` threads (OpenCV, as batch mode does): its ceiling here."""
+    import queue
+
+    import cv2
+
+    todo: queue.Queue = queue.Queue()
+    for v in videos:
+        todo.put(v)
+    counts: list[int] = []
+
+    def work() -> None:
+        n = 0
+        while True:
+            try:
+                cap = cv2.VideoCapture(str(todo.get_nowait()))
+            except queue.Empty:
+                counts.append(n)
+                return
+            while cap.read()[0]:
+                n += 1
+            cap.release()
+
+    threads = [threading.Thread(target=work) for _ in range(decoders)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.monotonic() - t0)
+
+
+def batch_mode(manifest: ModelManifest, url: str, videos: list[Path], out: Path, batch: int) -> dict:
+    """`edgecv app batch` on `videos` against the served model: frames/s end to end (decode included)."""
+    from app.batch import BatchRunner
+
+    resolved = resolved_for(manifest, ["cam0"], url, protocol="grpc", shm="on", batch=batch, inflight=2,
+                            delay_ms=0.0)
+    summary = BatchRunner(resolved, out, batch=batch, decoders=min(4, os.cpu_count() or 1)).run(videos)
+    return {"frames": summary.frames, "seconds": summary.seconds, "fps": summary.fps}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=6.0, help="measured seconds per configuration")
@@ -214,6 +354,8 @@ def main() -> None:
     ap.add_argument("--streams", default="1,4,8")
     ap.add_argument("--paths", default="today,uint8,uint8+server,naive", help="which paths to measure (today and "
                     "naive always: the ratios are against them)")
+    ap.add_argument("--batch-size", type=int, default=32, help="batch mode's images per request (0: skip batch mode)")
+    ap.add_argument("--batch-videos", type=int, default=4, help="H.264 files of 300 frames for batch mode")
     ap.add_argument("--real-seconds", type=float, default=10.0, help="real-model run for the latency JSON (0: skip)")
     ap.add_argument("--latency-out", type=Path, default=REPO / "reports" / "bench-pipeline-latency.json")
     ap.add_argument("--json-out", type=Path, default=None, help="also write every figure here")
@@ -240,8 +382,12 @@ def main() -> None:
         "naive": (manifest, {"protocol": "http", "shm": "off", "batch": 1, "inflight": 1, "delay_ms": 0.0}),
     }
     paths = {k: v for k, v in paths.items() if k in args.paths.split(",") or k in ("today", "naive")}
+    big = args.batch_size
+    batch_model = variant(manifest, f"nanodet-m-u8-nms-b{big}", fused_preprocess=True, server_decode=True,
+                          max_batch_size=max(big, 1),
+                          dynamic_batching=DynamicBatching(preferred_batch_sizes=[max(big, 1)]))
     with tempfile.TemporaryDirectory(prefix="edgecv-bench-") as tmp:
-        served = list({m.name: m for m, _ in paths.values()}.values())
+        served = list({m.name: m for m, _ in paths.values()}.values()) + ([batch_model] if big else [])
         repo = echo_repository(served, frame, Path(tmp) / "echo")
         with triton(repo, [m.name for m in served], workdir=Path(tmp) / "server-echo") as server:
             # The server (already started) keeps every core; this process (the pipeline) gets one.
@@ -265,6 +411,19 @@ def main() -> None:
                     row[name]["cpu_vs_today"] = row[name]["cpu_ms_per_frame"] / row["today"]["cpu_ms_per_frame"]
                 results["streams"][n] = row
             os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+            video = h264_file(sample_video_path(), Path(tmp) / "cam.mp4")
+            results["decode"] = decode_throughput(video)
+            if big:
+                videos = []
+                for i in range(args.batch_videos):
+                    videos.append(Path(tmp) / f"rec{i}.mp4")
+                    videos[-1].symlink_to(video)
+                own = model_throughput(batch_model, server.grpc_url, frame, big, args.seconds)
+                mode = batch_mode(batch_model, server.grpc_url, videos, Path(tmp) / "batch-out", big)
+                ceiling = parallel_decode(videos, min(4, os.cpu_count() or 1))
+                results["batch"] = {"batch": big, "model_images_per_s": own, **mode, "of_model": mode["fps"] / own,
+                                    "decode_only_fps": ceiling, "of_decode": mode["fps"] / ceiling}
+        results["decode_cost"] = decode_cost(manifest, frame)
 
         table = Table(title="pipeline throughput and CPU per frame (echo model: no model compute; one core)")
         for col in ("streams", "path", "frames/s", "x naive", "CPU ms/frame", "CPU vs today"):
@@ -290,6 +449,21 @@ def main() -> None:
         console.print(f"best path {best}: {top['x_naive']:.2f}x naive at {max(streams)} streams (goal >= 6x), "
                       f"{top['cpu_ms_per_frame']:.2f} ms CPU/frame (goal <= 1.0)"
                       + (f", {one['cpu_ms_per_frame']:.2f} ms at 1 stream (goal <= 2.0)" if one else ""))
+
+        d = results["decode"]
+        console.print(f"video decode, 768x576 H.264, software ({d['decoder']}): OpenCV {d['opencv']['fps']:.0f} "
+                      f"frames/s at {d['opencv']['cpu_ms_per_frame']:.2f} ms CPU/frame; GStreamer "
+                      f"{d['gstreamer']['fps']:.0f} frames/s at {d['gstreamer']['cpu_ms_per_frame']:.2f} ms "
+                      f"({d['gst_vs_opencv_cpu']:.2f}x today's CPU; NVDEC on a Jetson takes the decode off the CPU)")
+        c = results["decode_cost"]
+        console.print(f"decode + NMS, batch {c['batch']}, one CPU thread: numpy {c['numpy_ms']:.2f} ms, as ONNX nodes "
+                      f"on onnxruntime CPU {c['onnx_cpu_ms']:.2f} ms ({c['onnx_vs_numpy']:.2f}x)")
+        if "batch" in results:
+            b = results["batch"]
+            console.print(f"batch mode, batch {b['batch']}: {b['fps']:.0f} frames/s end to end ({b['frames']} frames) "
+                          f"against the model's own {b['model_images_per_s']:.0f} images/s: {100 * b['of_model']:.0f} % "
+                          f"(goal >= 90 %); decoding the same files alone: {b['decode_only_fps']:.0f} frames/s "
+                          f"(batch mode reaches {100 * b['of_decode']:.0f} % of that ceiling)")
 
         if args.real_seconds > 0:
             real_repo = Path(tmp) / "real"

@@ -171,3 +171,21 @@ def _append_decode(graph: onnx.GraphProto, manifest: ModelManifest) -> None:
                                    [DETECTIONS_OUTPUT], name=P + "detections"))
     del g.output[:]
     g.output.append(helper.make_tensor_value_info(DETECTIONS_OUTPUT, TensorProto.FLOAT, ["batch", max_det, 6]))
+
+
+def decode_model(manifest: ModelManifest) -> bytes:
+    """Only the server-side decode + NMS, with the artifact's head outputs as inputs (for benchmarks and tests:
+    the same nodes `fused_model` appends, timed apart from the network)."""
+    if not isinstance(manifest.decoder, NanoDetDecoder):
+        raise FuseError(f"{manifest.ref}: server-side decode is implemented for the nanodet decoder only")
+    p = manifest.decoder.params
+    graph = helper.make_graph([], "decode", [], [])
+    for o in manifest.outputs:
+        if o.name in p.score_outputs + p.box_outputs:
+            graph.input.append(helper.make_tensor_value_info(f"head/{o.name}", TensorProto.FLOAT, ["batch", *o.shape]))
+            graph.node.append(helper.make_node("Identity", [f"head/{o.name}"], [o.name]))
+            graph.output.append(helper.make_tensor_value_info(o.name, TensorProto.FLOAT, ["batch", *o.shape]))
+    _append_decode(graph, manifest)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", MIN_OPSET)])
+    onnx.checker.check_model(model)
+    return model.SerializeToString()

@@ -136,3 +136,12 @@ def test_frozen_and_killed_servers_are_detected_and_recovered(camera):
         assert wait_for(lambda: reader.frames_read > n + 5, 30), reader.last_failure
     finally:
         reader.stop()
+
+
+def test_the_app_config_picks_the_reader_per_camera():
+    from app.pipeline.capture import CameraReader
+    from app.runner import _reader
+
+    jetson = _reader(CameraConfig(id="a", url="rtsp://x/y", capture={"backend": "gstreamer", "decoder": "nvv4l2decoder"}))
+    assert jetson.func is GstCameraReader and jetson.keywords == {"decoder": "nvv4l2decoder", "codec": "h264"}
+    assert _reader(CameraConfig(id="b", url="rtsp://x/y")) is CameraReader
