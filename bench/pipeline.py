@@ -270,9 +270,10 @@ def decode_throughput(video: Path) -> dict:
     cap = cv2.VideoCapture(str(video))
     opencv = run(lambda: cap.read()[0])
     cap.release()
+    from app.pipeline.capture_gst import pipeline_description
+
     decoder = "avdec_h264" if has_element("avdec_h264") else "decodebin"
-    src = GstSource(f"filesrc name=src ! qtdemux ! h264parse ! {decoder} ! videoconvert ! "
-                    "video/x-raw,format=BGR ! appsink name=sink max-buffers=4 drop=false sync=false", str(video))
+    src = GstSource(pipeline_description(False, paced=False), str(video))  # what the app's reader runs
     gstreamer = run(lambda: src.pull(5.0)[0] is not None)
     src.release()
     return {"opencv": opencv, "gstreamer": gstreamer, "decoder": decoder,

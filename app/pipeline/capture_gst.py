@@ -5,8 +5,9 @@ reader (app.pipeline.capture) stays the default. This reader is a CameraReader w
 newest-frame slot, metrics, reconnect with backoff and jitter, file looping and fps cap; only opening and
 reading differ.
 
-    stream: rtspsrc (TCP) ! rtph264depay ! h264parse ! DECODER ! [nvvidconv !] videoconvert ! BGR ! appsink
-    file:   filesrc ! decodebin ! videoconvert ! BGR ! appsink (sync: plays at the file's own rate)
+    stream: rtspsrc (TCP) ! rtph264depay ! h264parse ! DECODER ! videoconvert ! I420 ! appsink
+            (Jetson: ... ! nvv4l2decoder ! nvvidconv ! BGRx ! appsink)
+    file:   filesrc ! decodebin ! videoconvert ! I420 ! appsink (sync: plays at the file's own rate)
 
 DECODER is `decodebin` by default (it picks the best installed: avdec_h264 from gstreamer1.0-libav, else
 openh264dec), `avdec_h264` to insist on FFmpeg's, `nvv4l2decoder` on a Jetson (the NVMM frames it makes are
@@ -14,8 +15,10 @@ brought to system memory by nvvidconv, on the VIC engine, not the CPU). The URL 
 pasted into the pipeline text, so a camera URL cannot add elements.
 
 Frames: appsink keeps one buffer (max-buffers=1, drop for live streams), so a slow pipeline never queues
-stale frames inside GStreamer; each sample is copied once, out of GStreamer's recycled buffer pool, into the
-array our frame slot holds; frames above the fps cap are dropped before that copy.
+stale frames inside GStreamer; frames above the fps cap are dropped before any copy. A sample is read once out
+of GStreamer's recycled buffer pool and converted to BGR by OpenCV's SIMD cvtColor straight into the array our
+frame slot holds: videoconvert's own I420->BGR costs about 1.5x FFmpeg's (bench/pipeline.py), so videoconvert
+only passes through the decoder's I420 (or nvvidconv's BGRx on a Jetson).
 
 Failures, all leading to a reconnect with backoff: no first frame within open_timeout_ms; no new frame within
 read_timeout_ms while playing (a stalled server: the pull times out, it never blocks); end of stream (EOS);
@@ -32,6 +35,7 @@ import logging
 import sys
 import time
 
+import cv2
 import numpy as np
 
 from app.pipeline.capture import CameraReader
@@ -57,6 +61,7 @@ def gst():
                 raise RuntimeError("GStreamer capture needs python3-gi and gir1.2-gstreamer-1.0 "
                                    "(apt-get install python3-gi gir1.2-gstreamer-1.0)") from exc
         gi.require_version("Gst", "1.0")
+        gi.require_version("GstVideo", "1.0")
         from gi.repository import Gst
 
         Gst.init(None)
@@ -68,12 +73,15 @@ def has_element(name: str) -> bool:
     return gst().ElementFactory.find(name) is not None
 
 
-def pipeline_description(is_stream: bool, decoder: str = "decodebin", codec: str = "h264") -> str:
-    """The pipeline text (without the location: set as a property on the element named `src`)."""
-    sink = "video/x-raw,format=BGR ! appsink name=sink max-buffers=1 emit-signals=false"
+def pipeline_description(is_stream: bool, decoder: str = "decodebin", codec: str = "h264", paced: bool = True) -> str:
+    """The pipeline text (without the location: set as a property on the element named `src`). Files play at
+    their own rate unless `paced` is False (as fast as they decode: benchmarks, batch)."""
+    sink = "appsink name=sink max-buffers=1 emit-signals=false"
     if not is_stream:
-        return f"filesrc name=src ! decodebin ! videoconvert ! {sink} drop=false sync=true"
-    convert = "nvvidconv ! video/x-raw,format=BGRx ! videoconvert" if decoder.startswith("nvv4l2") else "videoconvert"
+        return (f"filesrc name=src ! decodebin ! videoconvert ! video/x-raw,format=I420 ! {sink} drop=false "
+                f"sync={str(paced).lower()}")
+    convert = "nvvidconv ! video/x-raw,format=BGRx" if decoder.startswith("nvv4l2") else \
+        "videoconvert ! video/x-raw,format=I420"
     return (f"rtspsrc name=src protocols=tcp latency=100 ! rtp{codec}depay ! {codec}parse ! {decoder} ! "
             f"{convert} ! {sink} drop=true sync=false")
 
@@ -115,23 +123,38 @@ class GstSource:
 
 
 def sample_to_array(sample) -> np.ndarray:
-    """A BGR HxWx3 uint8 array of the sample: one copy out of GStreamer's buffer pool."""
+    """A BGR HxWx3 uint8 array of an I420, BGRx or BGR sample (strides and plane offsets from its caps)."""
     Gst = gst()
-    s = sample.get_caps().get_structure(0)
-    w, h = s.get_value("width"), s.get_value("height")
+    from gi.repository import GstVideo
+
+    vi = GstVideo.VideoInfo.new_from_caps(sample.get_caps())
+    w, h, fmt = vi.width, vi.height, vi.finfo.format
     buf = sample.get_buffer()
-    ok, info = buf.map(Gst.MapFlags.READ)
+    ok, mapped = buf.map(Gst.MapFlags.READ)
     if not ok:
         raise OSError("cannot map a GStreamer buffer")
     try:
-        data = info.data  # bytes: the copy (python-gi hands out a copy of the mapped memory)
+        data = np.frombuffer(mapped.data, np.uint8)  # python-gi hands out bytes: the one copy out of the pool
     finally:
-        buf.unmap(info)
-    stride = len(data) // h  # rows are padded to 4 bytes
-    arr = np.frombuffer(data, np.uint8).reshape(h, stride)
-    if stride != w * 3:
-        return np.ascontiguousarray(arr[:, : w * 3]).reshape(h, w, 3)
-    return arr.reshape(h, w, 3)
+        buf.unmap(mapped)
+    stride, offset = vi.stride, vi.offset
+    if fmt == GstVideo.VideoFormat.I420:
+        w2, h2 = w & ~1, h & ~1  # cvtColor needs even sizes (cameras always are; an odd edge is cropped)
+        planes = [data[offset[0] : offset[0] + stride[0] * h].reshape(h, stride[0])[:h2, :w2]]
+        for k in (1, 2):
+            rows = (h + 1) // 2
+            planes.append(data[offset[k] : offset[k] + stride[k] * rows].reshape(rows, stride[k])[: h2 // 2, : w2 // 2])
+        if stride[0] == w2 and offset[1] == w2 * h2 and stride[1] == w2 // 2 and offset[2] == offset[1] + w2 * h2 // 4:
+            yuv = data[: w2 * h2 * 3 // 2].reshape(h2 * 3 // 2, w2)  # tightly packed: no repacking
+        else:
+            yuv = np.concatenate([planes[0].ravel(), planes[1].ravel(), planes[2].ravel()]).reshape(h2 * 3 // 2, w2)
+        return cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420)
+    rows = data[offset[0] : offset[0] + stride[0] * h].reshape(h, stride[0])
+    if fmt in (GstVideo.VideoFormat.BGRX, GstVideo.VideoFormat.BGRA):
+        return cv2.cvtColor(rows[:, : w * 4].reshape(h, w, 4), cv2.COLOR_BGRA2BGR)
+    if fmt == GstVideo.VideoFormat.BGR:
+        return np.ascontiguousarray(rows[:, : w * 3]).reshape(h, w, 3)
+    raise OSError(f"unexpected frame format {fmt.value_nick} from the pipeline")
 
 
 class GstCameraReader(CameraReader):

@@ -145,3 +145,28 @@ def test_the_app_config_picks_the_reader_per_camera():
     jetson = _reader(CameraConfig(id="a", url="rtsp://x/y", capture={"backend": "gstreamer", "decoder": "nvv4l2decoder"}))
     assert jetson.func is GstCameraReader and jetson.keywords == {"decoder": "nvv4l2decoder", "codec": "h264"}
     assert _reader(CameraConfig(id="b", url="rtsp://x/y")) is CameraReader
+
+
+@pytest.mark.parametrize("w,h", [(64, 48), (70, 48), (66, 50)])  # tight, padded rows, padded chroma rows
+def test_i420_and_bgrx_samples_become_the_same_bgr_frame(w, h):
+    from app.pipeline.capture_gst import gst, sample_to_array
+
+    Gst = gst()
+    from gi.repository import GstVideo
+
+    bgr = np.random.default_rng(w).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    yuv = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)  # tightly packed planes: Y (h, w), U, V (h/2, w/2)
+    caps = Gst.Caps.from_string(f"video/x-raw,format=I420,width={w},height={h}")
+    vi = GstVideo.VideoInfo.new_from_caps(caps)
+    data = np.zeros(vi.size, np.uint8)  # GStreamer's own layout: rows padded to 4 bytes
+    planes = [yuv[:h], yuv[h:].reshape(-1)[: h * w // 4].reshape(h // 2, w // 2),
+              yuv[h:].reshape(-1)[h * w // 4 :].reshape(h // 2, w // 2)]
+    for k, plane in enumerate(planes):
+        rows = data[vi.offset[k] : vi.offset[k] + vi.stride[k] * plane.shape[0]].reshape(plane.shape[0], -1)
+        rows[:, : plane.shape[1]] = plane
+    got = sample_to_array(Gst.Sample.new(Gst.Buffer.new_wrapped(data.tobytes()), caps, None, None))
+    np.testing.assert_array_equal(got, cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420))
+    bgrx = np.concatenate([bgr, np.zeros((h, w, 1), np.uint8)], axis=2)
+    caps = Gst.Caps.from_string(f"video/x-raw,format=BGRx,width={w},height={h}")
+    got = sample_to_array(Gst.Sample.new(Gst.Buffer.new_wrapped(bgrx.tobytes()), caps, None, None))
+    np.testing.assert_array_equal(got, bgr)
