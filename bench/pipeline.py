@@ -1,23 +1,35 @@
-"""Pipeline throughput and overhead: our batched shared-memory gRPC path against a naive baseline, same run.
+"""Pipeline throughput and CPU per frame: today's path, the fused paths and a naive client, all in the same run.
 
-    .venv/bin/python bench/pipeline.py [--seconds 6] [--streams 1,4,8] [--latency-out reports/bench-pipeline-latency.json]
+    .venv/bin/python bench/pipeline.py [--seconds 6] [--streams 1,4,8] [--paths today,uint8,uint8+server,naive]
+        [--batch-size 32] [--latency-out reports/bench-pipeline-latency.json] [--json-out figures.json]
 
 What is measured: the whole app pipeline (preprocess into the batch buffer, batching, Triton round trip,
 decode + NMS, tracking, rules) fed by synthetic cameras that always have a fresh 768x576 frame, against a
-Triton model that answers at once: a python-backend model with the same tensor names and shapes as NanoDet
-that returns NanoDet's real output for the sample frame (computed once with onnxruntime), so decoding,
-tracking and rules see realistic detections while the model's compute is left out.
+Triton model that answers at once: a python-backend model with the tensors the path serves that returns
+NanoDet's real output for the sample frame (computed once with onnxruntime, by the very graph `edgecv triton
+render` would serve), so decoding, tracking and rules see realistic detections while model compute is left out.
 
-- ours:     gRPC, system shared memory registered once, cross-camera batches up to 8 (2 ms deadline),
-            2 requests in flight;
-- baseline: one HTTP request per frame, batch 1, tensors serialised in the request/response bodies,
-            one request at a time.
+- today:        gRPC, system shared memory registered once, cross-camera batches up to 8 (2 ms deadline),
+                2 requests in flight, float32 preprocessing and the numpy decoder in the app;
+- uint8:        the same with `triton.fused_preprocess`: uint8 letterboxed frames written straight into
+                shared memory, cast/normalise/layout in the graph;
+- uint8+server: and `triton.server_decode`: decode + NMS in the graph, the app reads [batch, 100, 6]
+                (the echo model leaves the server's decode cost out: see "decode + NMS" below);
+- naive:        one HTTP request per frame, batch 1, tensors serialised in the bodies, one at a time.
 
-Reported per stream count: frames/s of each and their ratio, and the pipeline's own CPU time per frame
-(this process, pinned to one core; Triton runs in its own process on the other cores). Goals: >= 3x the
-baseline's throughput at 8 streams, <= 3 ms of CPU per frame.
+Reported per stream count: frames/s, the ratio to naive, the pipeline's own CPU per frame (this process,
+pinned to one core; Triton runs in its own process on the other cores) and its ratio to today's.
+Goals: <= 1.0 ms CPU per frame at 8 streams, <= 2.0 ms at 1 stream, >= 6x naive at 8 streams.
 
-Last, a short run of the real NanoDet (2 cameras at 10 fps, our path) writes the per-stage p50/p95 latency
+Then, each against today's way in the same run:
+- decode + NMS for a batch of 8: the numpy decoder against the same work as ONNX nodes on onnxruntime's CPU
+  provider (the server-side decode pays where the server has a GPU, not on a CPU-only one);
+- video decode of a 768x576 H.264 file: OpenCV's FFmpeg against the GStreamer reader's pipeline (software
+  decoders both; NVDEC on a Jetson cannot be measured here);
+- batch mode (`edgecv app batch`, batch 32, fused model) on H.264 files against the served model's own
+  throughput (full batches back to back; goal >= 90 %) and against decoding the same files alone.
+
+Last, a short run of the real NanoDet (2 cameras at 10 fps, today's path) writes the per-stage p50/p95 latency
 JSON that `edgecv gates --latency` reads.
 """
 
