@@ -152,3 +152,29 @@ def test_bad_input_is_refused_naming_what(triton_server, videos, tmp_path):
         plan([videos[0], twin / "north.avi"], tmp_path / "out")
     with pytest.raises(BatchError, match="no such video file"):
         plan([tmp_path / "missing.avi"], tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_triton_killed_mid_run_loses_no_frame(triton_factory, tmp_path):
+    """kill -9 of the server while batches are in flight: they are sent again once it is back."""
+    import threading
+
+    server = triton_factory()
+    video = write_video(tmp_path / "gate.avi", 0, 60)
+    resolved = load_config(site_config(tmp_path, server.grpc_url, video))
+    out = tmp_path / "out"
+    started = threading.Event()
+    runner = BatchRunner(resolved, out, batch=4, decoders=1,
+                         on_progress=lambda done, total, fps: done >= 4 and started.set())
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(summary=runner.run([video])), daemon=True)
+    worker.start()
+    assert started.wait(60), "no batch came back"
+    server.kill()
+    time.sleep(1.0)
+    server.start()
+    worker.join(120)
+    assert not worker.is_alive() and result["summary"].frames == 60
+    assert [r["frame"] for r in lines(out / "gate.jsonl")] == list(range(60))
+    assert runner.infer.errors >= 1  # the kill did hit requests in flight
+
