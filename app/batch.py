@@ -12,9 +12,10 @@ For each VIDEO (stem S) in DIR:
 Resumable: a video whose S.done matches its size and mtime is skipped; any other (never started, or cut
 short by a crash) is processed again from its first frame, its outputs rewritten.
 
-How it keeps the model busy: files are decoded in parallel (`decoders` threads, OpenCV's decoder releases
-the GIL) into one bounded queue; the loop letterboxes frames of any file straight into the batch buffers
-(shared memory with a local Triton) and sends a batch when it is full, `max_inflight` batches in flight.
+How it keeps the model busy: files are decoded and letterboxed in parallel (`decoders` threads; OpenCV's
+decoder and resize release the GIL; `capture="gstreamer"` decodes with GStreamer's decodebin, NVDEC on a
+Jetson) into one bounded queue; the loop copies frames of any file into the batch buffers (shared memory
+with a local Triton) and sends a batch when it is full, `max_inflight` batches in flight.
 Frames of one file stay in order (one reader per file, results handled in submission order), so tracking
 and rules see each video as a camera would. A failed request is sent again once Triton is back: batch mode
 loses no frame.
@@ -64,6 +65,7 @@ class Video:
     done: int = 0  # frames handled (written)
     ended: bool = False  # the reader reached the end
     events: int = 0
+    failed: str | None = None  # a decode error: the file is not marked finished, the next run redoes it
     started: float = field(default_factory=time.monotonic)
     tracker: Tracker | None = None
     rules: RuleEngine | None = None
@@ -133,6 +135,7 @@ class BatchRunner:
         camera_id: str | None = None,
         batch: int | None = None,
         decoders: int = 2,
+        capture: str = "opencv",
         queue_frames: int | None = None,
         infer: TritonInfer | None = None,
         on_progress: Callable[[int, int, float], None] | None = None,
@@ -149,13 +152,15 @@ class BatchRunner:
             raise BatchError(f"--camera {camera_id}: not in the config (cameras: {', '.join(cams)})")
         self.camera = cams[camera_id] if camera_id else cfg.cameras[0]
         self.decoders = max(1, decoders)
+        if capture not in ("opencv", "gstreamer"):
+            raise BatchError(f"--capture {capture}: choose opencv or gstreamer")
+        self.capture = capture
         self.frames: queue.Queue = queue.Queue(queue_frames or 4 * self.batch)
         self.infer = infer or TritonInfer(
             self.manifest, cfg.triton.url, protocol=cfg.triton.protocol, model_name=resolved.model_name,
             max_batch=self.batch, max_inflight=cfg.triton.max_inflight, shared_memory=cfg.triton.use_shared_memory,
             request_timeout_s=max(cfg.triton.request_timeout_s, 30.0),
         )
-        self.preprocessor = Preprocessor(self.manifest.served_input, 1)
         self.decode = decoder_for(self.manifest)
         self.classes = list(self.manifest.classes)
         self.on_progress = on_progress
@@ -166,31 +171,60 @@ class BatchRunner:
     # --- readers -----------------------------------------------------------------------------------
 
     def _read_files(self) -> None:
+        # Each reader letterboxes its own frames (cv2 releases the GIL: in parallel with the loop and the
+        # other readers); the loop only copies the letterboxed image into the batch buffer.
+        pre = Preprocessor(self.manifest.served_input, 1)
+        shape, dtype = pre.buffer.shape[1:], pre.buffer.dtype
         while not self._stop.is_set():
             try:
                 video = self._files.get_nowait()
             except queue.Empty:
                 return
-            cap = cv2.VideoCapture(str(video.path))
             try:
-                if not cap.isOpened():
-                    self._reader_error.append(f"{video.path}: cannot be opened as a video")
-                    self._put(video, _END)
-                    continue
-                while not self._stop.is_set():
-                    ok, image = cap.read()
-                    if not ok:
+                for image in self._decode(video):
+                    if self._stop.is_set():
                         break
+                    placed = np.empty(shape, dtype)
+                    info = pre.write_to(placed, image)
                     video.read += 1
-                    self._put(video, image)
-            finally:
-                cap.release()
+                    self._put(video, (placed, info))
+            except OSError as exc:
+                video.failed = f"{video.path}: {exc}"
+                self._reader_error.append(video.failed)
             self._put(video, _END)
 
-    def _put(self, video: Video, image: np.ndarray | None) -> None:
+    def _decode(self, video: Video):
+        """BGR frames of one file, in order: OpenCV's FFmpeg, or GStreamer (decodebin: NVDEC on a Jetson)."""
+        if self.capture == "gstreamer":
+            from app.pipeline.capture_gst import GstSource, pipeline_description
+
+            src = GstSource(pipeline_description(False, paced=False), str(video.path))
+            try:
+                while True:
+                    image, why = src.pull(30.0)
+                    if image is None:
+                        if why != "eos":
+                            raise OSError(f"GStreamer: {why}")
+                        return
+                    yield image
+            finally:
+                src.release()
+        cap = cv2.VideoCapture(str(video.path))
+        try:
+            if not cap.isOpened():
+                raise OSError("cannot be opened as a video")
+            while True:
+                ok, image = cap.read()
+                if not ok:
+                    return
+                yield image
+        finally:
+            cap.release()
+
+    def _put(self, video: Video, item) -> None:
         while not self._stop.is_set():
             try:
-                self.frames.put((video, image), timeout=0.2)
+                self.frames.put((video, item), timeout=0.2)
                 return
             except queue.Full:
                 continue
@@ -257,16 +291,17 @@ class BatchRunner:
             got_end = False
             while slot is not None and len(batch) < self.batch:
                 try:
-                    video, image = self.frames.get(timeout=0.002 if batch or handled < submitted else 0.05)
+                    video, item = self.frames.get(timeout=0.002 if batch or handled < submitted else 0.05)
                 except queue.Empty:
                     break
-                if image is _END:
+                if item is _END:
                     video.ended, got_end = True, True
                     open_files -= 1
                     if video.done == video.read:  # an empty (or fully handled) file
                         self._finish(video)
                     continue
-                info = self.preprocessor.write_to(slot.input[len(batch)], image)
+                placed, info = item
+                slot.input[len(batch)] = placed
                 batch.append((video, video.queued, info))
                 video.queued += 1
             # Send when full; a partial batch only when no more frames are coming soon.
@@ -344,6 +379,9 @@ class BatchRunner:
 
     def _finish(self, v: Video) -> None:
         self._close_files(v)
+        if v.failed:
+            log.error("%s; not marked finished", v.failed)
+            return
         _atomic_json(v.file(".coco.json"), v.coco)
         _atomic_json(v.file(".done"), {"video": v.identity(), "frames": v.done, "events": v.events,
                                        "model": self.manifest.ref, "seconds": round(time.monotonic() - v.started, 3)})

@@ -109,9 +109,11 @@ def report_cmd(metrics_url: str, out: Path | None) -> None:
               help="images per request (default: the manifest's largest preferred batch size)")
 @click.option("--decoders", type=int, default=min(4, os.cpu_count() or 1), show_default=True,
               help="files decoded in parallel")
+@click.option("--capture", type=click.Choice(["opencv", "gstreamer"]), default="opencv", show_default=True,
+              help="file decoder: OpenCV's FFmpeg, or GStreamer's decodebin (NVDEC on a Jetson)")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def batch_cmd(videos: tuple[Path, ...], out: Path, config_path: Path, camera_id: str | None, batch: int | None,
-              decoders: int, progress: bool) -> None:
+              decoders: int, capture: str, progress: bool) -> None:
     """Run recorded VIDEO files through the model (resumable: finished files are skipped)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -133,7 +135,7 @@ def batch_cmd(videos: tuple[Path, ...], out: Path, config_path: Path, camera_id:
         bar.update(task, completed=done, total=max(total, done) or None, fps=fps)
 
     try:
-        runner = BatchRunner(resolved, out, camera_id=camera_id, batch=batch, decoders=decoders,
+        runner = BatchRunner(resolved, out, camera_id=camera_id, batch=batch, decoders=decoders, capture=capture,
                              on_progress=on_progress)
         with bar:
             summary = runner.run(videos)

@@ -178,3 +178,17 @@ def test_triton_killed_mid_run_loses_no_frame(triton_factory, tmp_path):
     assert [r["frame"] for r in lines(out / "gate.jsonl")] == list(range(60))
     assert runner.infer.errors >= 1  # the kill did hit requests in flight
 
+
+
+def test_gstreamer_decodes_the_files_as_opencv_does(triton_server, videos, tmp_path):
+    resolved = load_config(site_config(tmp_path, triton_server.grpc_url, videos[0]))
+    runs = {}
+    for capture in ("opencv", "gstreamer"):
+        summary = BatchRunner(resolved, tmp_path / capture, batch=8, capture=capture).run(videos[1:])
+        assert summary.frames == 9
+        runs[capture] = [len(r["detections"]) for r in lines(tmp_path / capture / "south.jsonl")]
+    # Two JPEG decoders (chroma upsampling differs by a grey level or so): the same scene, about the same
+    # detections per frame; borderline ones near the score threshold may come and go.
+    total = sum(runs["opencv"])
+    assert total > 50 and abs(sum(runs["gstreamer"]) - total) <= 0.1 * total, runs
+    assert all(abs(a - b) <= 2 for a, b in zip(runs["opencv"], runs["gstreamer"], strict=True)), runs
