@@ -24,6 +24,11 @@ Failures, all leading to a reconnect with backoff: no first frame within open_ti
 read_timeout_ms while playing (a stalled server: the pull times out, it never blocks); end of stream (EOS);
 an ERROR message on the bus (connection refused or lost, decoder error).
 
+Packages: gstreamer1.0-plugins-base/-good/-bad (rtspsrc, depayloaders, parsers, videoconvert), python3-gi,
+gir1.2-gstreamer-1.0 and gir1.2-gst-plugins-base-1.0 (GstVideo); gstreamer1.0-libav for avdec_h264 off a
+Jetson; on a Jetson nvidia-l4t-gstreamer (JetPack's apt repository) brings nvv4l2decoder and nvvidconv.
+DeepStream is not needed.
+
 GStreamer's Python bindings (python3-gi; JetPack and Debian ship them for the system Python) are not on
 PyPI for Debian 12's GLib: when the interpreter cannot import `gi`, the system's dist-packages directory is
 appended to sys.path (after our own packages, so nothing of ours is shadowed).
@@ -58,8 +63,9 @@ def gst():
             try:
                 import gi
             except ImportError as exc:
-                raise RuntimeError("GStreamer capture needs python3-gi and gir1.2-gstreamer-1.0 "
-                                   "(apt-get install python3-gi gir1.2-gstreamer-1.0)") from exc
+                raise RuntimeError("GStreamer capture needs python3-gi, gir1.2-gstreamer-1.0 and "
+                                   "gir1.2-gst-plugins-base-1.0 (apt-get install them; on a Jetson also "
+                                   "nvidia-l4t-gstreamer for nvv4l2decoder and nvvidconv)") from exc
         gi.require_version("Gst", "1.0")
         gi.require_version("GstVideo", "1.0")
         from gi.repository import Gst

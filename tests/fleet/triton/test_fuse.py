@@ -112,27 +112,77 @@ def test_old_opsets_are_refused_with_the_reason(nanodet_manifest, artifact):
         fused_model(serving(nanodet_manifest, fused_preprocess=True), model.SerializeToString())
 
 
-@pytest.mark.integration
-def test_through_triton_with_shared_memory(nanodet_manifest, sample_frames, today, tmp_path):
-    """The app's uint8 + fixed-output path end to end: render, a real Triton, system shared memory."""
-    from app.pipeline.infer import TritonInfer
+@pytest.fixture(scope="module")
+def fused_server(nanodet_manifest, tmp_path_factory):
+    """A real Triton serving nanodet-m rendered with fused uint8 preprocessing and server-side decode."""
     from fleet.local.triton import triton
     from fleet.triton.render import render
 
     m = serving(nanodet_manifest, fused_preprocess=True, server_decode=True)
-    render(m, tmp_path / "models", "python")
-    with triton(tmp_path / "models", [m.name], workdir=tmp_path / "server") as server:
-        infer = TritonInfer(m, server.grpc_url, max_batch=len(sample_frames), shared_memory=True).start(60)
-        try:
-            slot = infer.acquire()
-            assert slot.input.dtype == np.uint8 and slot.input.shape == (len(sample_frames), 416, 416, 3)
-            pre = Preprocessor(m.served_input, 1)
-            infos = [pre.write_to(slot.input[i], f) for i, f in enumerate(sample_frames)]
-            # Decoded before close(): the outputs are views of shared memory that close() frees.
-            got = decoder_for(m)(infer.infer_now(slot, len(sample_frames)), infos)
-        finally:
-            infer.close()
+    repo = tmp_path_factory.mktemp("fused-models")
+    render(m, repo, "python")
+    with triton(repo, [m.name], workdir=tmp_path_factory.mktemp("fused-server")) as server:
+        yield m, server
+
+
+@pytest.mark.integration
+def test_through_triton_with_shared_memory(fused_server, sample_frames, today):
+    """The app's uint8 + fixed-output path end to end: render, a real Triton, system shared memory."""
+    from app.pipeline.infer import TritonInfer
+
+    m, server = fused_server
+    infer = TritonInfer(m, server.grpc_url, max_batch=len(sample_frames), shared_memory=True).start(60)
+    try:
+        slot = infer.acquire()
+        assert slot.input.dtype == np.uint8 and slot.input.shape == (len(sample_frames), 416, 416, 3)
+        pre = Preprocessor(m.served_input, 1)
+        infos = [pre.write_to(slot.input[i], f) for i, f in enumerate(sample_frames)]
+        # Decoded before close(): the outputs are views of shared memory that close() frees.
+        got = decoder_for(m)(infer.infer_now(slot, len(sample_frames)), infos)
+    finally:
+        infer.close()
     assert_same_detections(got, today[2])
+
+
+class StillCamera:
+    """A frame source for the Pipeline: the same frame, as fast as it is taken."""
+
+    def __init__(self, camera_id: str, image: np.ndarray):
+        self.camera_id, self.image, self.up, self.on_frame, self.seq = camera_id, image, True, None, 0
+
+    def take(self):
+        import time
+
+        from app.pipeline.types import Frame
+
+        self.seq += 1
+        return Frame(self.camera_id, self.seq, time.time(), self.image, time.monotonic())
+
+    def start(self):
+        return self
+
+    def stop(self):
+        pass
+
+
+@pytest.mark.integration
+def test_the_live_pipeline_runs_on_the_fused_model(fused_server, sample_frames):
+    """Pipeline (the app's loop) picks the served tensors from the manifest: uint8 in, detections out."""
+    from app.config import AppConfig, Resolved
+    from app.runner import Pipeline
+
+    m, server = fused_server
+    zone = {"name": "all", "polygon": [[0, 0], [5000, 0], [5000, 5000], [0, 5000]]}
+    cfg = AppConfig.model_validate({
+        "site_id": "s", "device_id": "d", "manifest": "unused.yaml", "triton": {"url": server.grpc_url},
+        "cameras": [{"id": c, "url": f"rtsp://x/{c}", "zones": [zone], "rules": [
+            {"name": "person", "kind": "zone_intrusion", "zone": "all", "classes": ["person"]}]} for c in ("a", "b")],
+    })
+    pipe = Pipeline(Resolved(cfg, m, 4, 0.005), sources=[StillCamera(c, sample_frames[0]) for c in ("a", "b")])
+    pipe.run(duration_s=3.0)
+    assert pipe.frames_processed >= 4 and pipe.frames_dropped == 0
+    assert pipe.detections_per_class.get("person", 0) >= 4 * pipe.frames_processed  # 5+ people in the frame
+    assert pipe.events_sent >= 2  # the rules fired on each camera
 
 
 @pytest.mark.integration
