@@ -23,6 +23,14 @@ for dwell_s seconds (leaving the zone restarts the clock; frames where the track
 `line_crossing` on each crossing. Each rule fires at most once per track per cooldown_s seconds.
 Only confirmed tracks (track_id >= 0) of the listed classes (all when empty) with score >= min_score count.
 
+Re-identification (line crossings and dwell only): trackers sometimes give one object a new id, and near a line
+or in a dwell zone that would count it twice. So a track id seen for the first time takes over the line sides,
+dwell clocks and line/dwell cooldowns of a track of its class that vanished at most `reid_s` seconds ago with its
+anchor within `reid_radius` box heights of the new one (the nearest such; each vanished track hands over once).
+And a crossing of a line in the same direction within `reid_s` seconds and `reid_radius` box heights of a recent
+crossing by another track that is no longer seen is the same object crossing again, not a new crossing. The
+price: two people crossing at one spot within `reid_s`, the first vanishing at once, count once.
+
 Event ids are UUID version 7 (RFC 9562): 48-bit Unix milliseconds of the event time then 74 random bits,
 so they are unique, sort by time, and stay the same when an event is re-sent (consumers de-duplicate on them).
 """
@@ -150,6 +158,8 @@ class RuleEngine:
         model_ref: str,
         metrics=None,
         forget_after_s: float = 60.0,
+        reid_s: float = 2.0,
+        reid_radius: float = 0.5,
     ):
         cfg = RulesConfig(zones=list(zones), lines=list(lines), rules=list(rules))  # re-checks references
         known = set(class_names)
@@ -172,6 +182,12 @@ class RuleEngine:
         self._side: dict[tuple[str, int], tuple[int, np.ndarray]] = {}  # (line, track) -> last non-zero side, point
         self._entered: dict[tuple[str, int], float] = {}  # (dwell rule, track) -> time it entered the zone
         self._fired: dict[tuple[str, int], float] = {}  # (rule, track) -> last event time
+        # Re-identification (see the module docstring).
+        self.reid_s, self.reid_radius = reid_s, reid_radius
+        reid_rules = {r.name for r in self.rules if not isinstance(r, ZoneIntrusionRule)}
+        self._handed_over = ((self._side, set(self.lines)), (self._entered, reid_rules), (self._fired, reid_rules))
+        self._where: dict[int, tuple[float, float, float, int]] = {}  # track -> last anchor x, y, box height, class
+        self._recent: dict[str, list[tuple[float, float, float, float, int, int]]] = {}  # line -> t x y h dir track
 
     @classmethod
     def from_config(cls, config: RulesConfig, class_names: Sequence[str], **ids) -> RuleEngine:
@@ -182,8 +198,11 @@ class RuleEngine:
         confirmed = np.flatnonzero(np.asarray(tracked.track_ids) >= 0)
         dets = tracked.take(confirmed)
         pts = anchors(dets.boxes)
+        heights = np.asarray(dets.boxes, np.float64).reshape(-1, 4) @ np.array([0, -1, 0, 1.0])
         ids = [int(i) for i in dets.track_ids]
-        crossed = {name: self._crossings(name, seg, ids, pts) for name, seg in self.lines.items()}
+        classes = [int(c) for c in dets.class_ids]
+        self._hand_over(ids, pts, heights, classes, t)
+        crossed = {name: self._crossings(name, seg, ids, pts, heights, t) for name, seg in self.lines.items()}
         inside = {name: points_in_polygon(pts, poly) for name, poly in self.zones.items()}
 
         events: list[Event] = []
@@ -211,17 +230,57 @@ class RuleEngine:
                     extra = {"line": rule.line, "direction": "a_to_b" if crossed[rule.line][k] > 0 else "b_to_a"}
                 events.append(self._event(rule, dets, k, t, frame_seq, extra))
 
-        for i in ids:
+        for k, i in enumerate(ids):
             self._last_seen[i] = t
+            self._where[i] = (float(pts[k, 0]), float(pts[k, 1]), float(heights[k]), classes[k])
         self._forget(t)
         if self.metrics is not None:
             for e in events:
                 self.metrics.events.labels(e.rule).inc()
         return events
 
-    def _crossings(self, line: str, seg: np.ndarray, ids: list[int], pts: np.ndarray) -> np.ndarray:
-        """Per detection: +1 crossed from side A to B since its last known side, -1 from B to A, 0 otherwise."""
+    def _hand_over(self, ids: list[int], pts: np.ndarray, heights: np.ndarray, classes: list[int], t: float) -> None:
+        """A track seen for the first time near where a track of its class vanished just now is that object:
+        it takes over the vanished track's line and dwell state (sides, clocks, cooldowns)."""
+        present = set(ids)
+        for k, tid in enumerate(ids):
+            if tid in self._last_seen:
+                continue
+            best, best_d = None, np.inf
+            for old, seen in self._last_seen.items():
+                x, y, h, cls = self._where[old]
+                if old in present or cls != classes[k] or not (0 <= t - seen <= self.reid_s):
+                    continue
+                d = float(np.hypot(pts[k, 0] - x, pts[k, 1] - y))
+                if d <= self.reid_radius * max(h, heights[k]) and d < best_d:
+                    best, best_d = old, d
+            if best is None:
+                continue
+            for table, names in self._handed_over:
+                for name, owner in [key for key in table if key[1] == best and key[0] in names]:
+                    table[(name, tid)] = table[(name, owner)]
+            present.add(best)  # handed over once
+
+    def _repeat(self, line: str, tid: int, p: np.ndarray, h: float, direction: int, present: set, t: float) -> bool:
+        """Whether this crossing repeats a recent one by another, now vanished, track at the same spot (and
+        remember it either way)."""
+        recent = [c for c in self._recent.get(line, []) if t - c[0] <= self.reid_s]
+        repeat = any(
+            c[4] == direction and c[5] != tid and c[5] not in present
+            and np.hypot(p[0] - c[1], p[1] - c[2]) <= self.reid_radius * max(h, c[3])
+            for c in recent
+        )
+        recent.append((t, float(p[0]), float(p[1]), h, direction, tid))
+        self._recent[line] = recent
+        return repeat
+
+    def _crossings(
+        self, line: str, seg: np.ndarray, ids: list[int], pts: np.ndarray, heights: np.ndarray, t: float
+    ) -> np.ndarray:
+        """Per detection: +1 crossed from side A to B since its last known side, -1 from B to A, 0 otherwise
+        (and 0 for a crossing that repeats another track's, see `_repeat`)."""
         sides = side_of_line(pts, seg[0], seg[1])
+        present = set(ids)
         out = np.zeros(len(ids), np.int8)
         prev_pts = np.zeros_like(pts)
         has_prev = np.zeros(len(ids), bool)
@@ -233,7 +292,9 @@ class RuleEngine:
         for k, tid in enumerate(ids):
             if crossing[k]:
                 # Screen side +1 (right of a->b) is side B: moving onto it is a_to_b.
-                out[k] = 1 if sides[k] > 0 else -1
+                direction = 1 if sides[k] > 0 else -1
+                if not self._repeat(line, tid, pts[k], float(heights[k]), direction, present, t):
+                    out[k] = direction
             if sides[k] != 0:
                 self._side[(line, tid)] = (int(sides[k]), pts[k].copy())
         return out
@@ -258,6 +319,7 @@ class RuleEngine:
                 del table[key]
         for i in stale:
             del self._last_seen[i]
+            self._where.pop(i, None)
 
     def _event(self, rule, dets: Detections, k: int, t: float, frame_seq: int, extra: dict) -> Event:
         class_id = int(dets.class_ids[k])

@@ -162,6 +162,61 @@ def test_events_are_counted_in_metrics_and_ids_are_unique():
     assert sorted(e.event_id for e in events)[0][:8] == uuid7(1000.0)[:8]  # time-ordered prefix
 
 
+# --- re-identification: one object, two track ids ----------------------------------------------------
+
+
+def feed(eng: RuleEngine, frames: list[tuple[int, float, float]], dt=0.1, t0=1000.0):
+    """One object per frame as (track id, anchor x, anchor y); returns all events."""
+    events = []
+    for k, (tid, x, y) in enumerate(frames):
+        events += eng.process(tracked((tid, x, y, "person", 0.9)), t0 + k * dt, frame_seq=k)
+    return events
+
+
+def test_an_id_switch_on_the_line_does_not_fire_the_crossing_again():
+    eng = engine({"name": "gate", "kind": "line_crossing", "line": "gate", "direction": "any", "cooldown_s": 30})
+    # Track 7 crosses downwards (fires); the tracker then re-identifies the object as track 8 while it stands
+    # on the line, its anchor wobbling across it.
+    frames = [(7, 200, 150), (7, 200, 190), (7, 200, 205), (8, 200, 196), (8, 200, 204), (8, 200, 197), (8, 200, 230)]
+    events = feed(eng, frames)
+    assert [(e.track_id, e.extra["direction"]) for e in events] == [(7, "a_to_b")]
+
+
+def test_a_crossing_repeated_by_a_new_id_at_the_same_spot_is_not_counted_without_a_cooldown():
+    eng = engine({"name": "gate", "kind": "line_crossing", "line": "gate", "direction": "a_to_b", "cooldown_s": 0})
+    # The new id's first box lags behind on side A, then crosses again where track 7 crossed.
+    frames = [(7, 200, 150), (7, 200, 190), (7, 200, 210), (8, 205, 192), (8, 205, 212), (8, 205, 240)]
+    assert [e.track_id for e in feed(eng, frames)] == [7]
+
+
+def test_two_people_crossing_side_by_side_or_later_at_the_same_spot_both_count():
+    eng = engine({"name": "gate", "kind": "line_crossing", "line": "gate", "direction": "a_to_b", "cooldown_s": 0})
+    events = []
+    for k, y in enumerate((150, 190, 210, 240)):  # both seen in every frame: two objects
+        events += eng.process(tracked((7, 200, y, "person", 0.9), (8, 215, y + 2, "person", 0.9)), 1000 + k * 0.1)
+    assert sorted(e.track_id for e in events) == [7, 8]
+    later = feed(eng, [(9, 200, 150), (9, 200, 190), (9, 200, 210)], t0=1005.0)  # well after reid_s
+    assert [e.track_id for e in later] == [9]
+
+
+def test_an_id_switch_inside_a_dwell_zone_keeps_the_clock_and_the_cooldown():
+    eng = engine({"name": "loiter", "kind": "dwell", "zone": "dock", "dwell_s": 2.0, "cooldown_s": 100})
+    frames = [(5, 150, 200)] * 30 + [(6, 152, 201)] * 70  # 10 s standing still; the id changes at 3 s
+    events = feed(eng, frames)
+    assert [(e.track_id, round(e.time - 1000, 1)) for e in events] == [(5, 2.0)]
+    # Someone else, far from where track 6 vanished, gets a clock of their own.
+    other = feed(eng, [(11, 260, 140)] * 25, t0=1010.0)
+    assert [(e.track_id, round(e.time - 1010, 1)) for e in other] == [(11, 2.0)]
+
+
+def test_a_new_id_long_after_or_of_another_class_takes_over_nothing():
+    eng = engine({"name": "loiter", "kind": "dwell", "zone": "dock", "dwell_s": 2.0, "cooldown_s": 100})
+    assert len(feed(eng, [(5, 150, 200)] * 25)) == 1
+    assert len(feed(eng, [(6, 150, 200)] * 25, t0=1005.0)) == 1  # gone 2.6 s: a new visit
+    car = [eng.process(tracked((7, 150, 200, "car", 0.9)), 1008.0 + k * 0.1) for k in range(25)]
+    assert sum(len(e) for e in car) == 1
+
+
 # --- config errors -----------------------------------------------------------------------------------
 
 
