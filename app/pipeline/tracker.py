@@ -1,15 +1,24 @@
-"""ByteTrack-style multi-object tracker, one per camera.
+"""ByteTrack-style multi-object tracker with a Kalman motion model, one per camera.
 
-Each frame (`Tracker.update(dets, t)`):
-1. every live track predicts its box at time t (constant velocity, smoothed; no Kalman filter);
-2. high-score detections (score >= high_score) are matched to tracks by IoU with the Hungarian algorithm
-   (scipy's linear_sum_assignment), pairs below `match_iou` rejected;
+Each frame (`Tracker.update(dets, t)`, t in seconds):
+1. every live track's Kalman filter predicts its box at time t (constant velocity; see below);
+2. high-score detections (score >= high_score) are matched to all tracks, lost ones included, by IoU with the
+   predicted boxes, Hungarian algorithm (scipy's linear_sum_assignment), pairs below `match_iou` rejected;
+   a lost confirmed track matched here is re-activated with its old id;
 3. low-score detections (low_score <= score < high_score) are matched the same way to the tracks still
    unmatched (ByteTrack's trick: an occluded object's weak detection keeps its track alive), with `low_match_iou`;
-4. unmatched high-score detections with score >= new_track_score start tentative tracks;
-5. a tentative track becomes confirmed after `min_hits` matched frames and only then receives its id; a
-   tentative track that misses a frame is dropped; a confirmed track that goes unmatched is kept (predicted)
-   until `max_age_s` seconds and/or `max_age_frames` frames have passed since its last match.
+4. unmatched high-score detections with score >= new_track_score start tentative tracks, unless they lie on a
+   track matched this frame (IoU >= `duplicate_iou`: a second box on one object is not a new object);
+5. a tentative track becomes confirmed after `min_hits` consecutive matched frames and only then receives its
+   id; a tentative track that misses a frame is dropped; a confirmed track that goes unmatched is lost (kept
+   and predicted, not reported) until `max_age_s` seconds and/or `max_age_frames` frames have passed since its
+   last match.
+
+Motion model: each box edge (x1, y1, x2, y2) has its own position/velocity Kalman filter with white-noise
+acceleration, all in time (seconds), not frames, so the same settings hold at 5, 10 or 30 fps and across
+dropped frames. Noise is relative to the box's height (a near person's box jitters more in pixels than a far
+one's), so the four filters of a track share one normalised covariance (3 numbers) and every track is
+predicted and updated in one vectorised step: the cost stays about that of constant-velocity prediction.
 
 Matching is class-consistent: a detection only ever joins a track of its own class. Ids are integers
 increasing from 0 per Tracker (so per camera), given in confirmation order and never reused.
@@ -18,30 +27,33 @@ increasing from 0 per Tracker (so per camera), given in confirmation order and n
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.optimize import linear_sum_assignment
 
-from app.pipeline.geometry import anchors, iou_matrix
+from app.pipeline.geometry import iou_matrix
 from app.pipeline.types import Detections
 
 
 class TrackerConfig(BaseModel):
-    """Tracker settings (unknown keys are rejected)."""
+    """Tracker settings (unknown keys are rejected). Defaults tuned on synthetic sequences (bench/tracking.py)."""
 
     model_config = ConfigDict(extra="forbid")
 
     high_score: float = Field(0.5, ge=0, le=1, description="detections at or above are matched first")
     low_score: float = Field(0.1, ge=0, le=1, description="detections below are ignored")
-    new_track_score: float = Field(0.6, ge=0, le=1, description="minimum score to start a track")
-    match_iou: float = Field(0.2, gt=0, le=1, description="minimum IoU, high-score stage")
+    new_track_score: float = Field(0.65, ge=0, le=1, description="minimum score to start a track")
+    match_iou: float = Field(0.1, gt=0, le=1, description="minimum IoU, high-score stage")
     low_match_iou: float = Field(0.5, gt=0, le=1, description="minimum IoU, low-score stage")
-    min_hits: int = Field(2, ge=1, description="matched frames before a track is confirmed and gets an id")
-    max_age_s: float | None = Field(1.0, gt=0, description="drop a track unmatched for this long")
+    duplicate_iou: float = Field(0.4, gt=0, le=1, description="a new box this close to a matched track starts none")
+    min_hits: int = Field(2, ge=1, description="consecutive matched frames before a track is confirmed and gets an id")
+    max_age_s: float | None = Field(3.0, gt=0, description="drop a track unmatched for this long")
     max_age_frames: int | None = Field(None, ge=1, description="drop a track unmatched for this many frames")
-    velocity_smoothing: float = Field(0.5, gt=0, le=1, description="weight of the newest velocity estimate")
+    measurement_noise: float = Field(0.1, gt=0, description="std of a detected box edge, in box heights")
+    motion_noise: float = Field(0.3, gt=0, description="std of acceleration, box heights per s^2")
+    initial_speed: float = Field(2.0, gt=0, description="prior std of a new track's speed, box heights per s")
     history: int = Field(64, ge=2, description="anchor points kept per track")
 
     @model_validator(mode="after")
@@ -53,43 +65,57 @@ class TrackerConfig(BaseModel):
         return self
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Track:
-    """One tracked object. `track_id` is -1 while tentative."""
+    """A snapshot of one live track. `track_id` is -1 while tentative."""
 
+    track_id: int
     class_id: int
-    box: np.ndarray  # last matched box, x1 y1 x2 y2 (float64)
+    box: np.ndarray  # last matched box, x1 y1 x2 y2
+    predicted: np.ndarray  # the filter's box at the last update time
+    velocity: np.ndarray  # of the four edges, pixels per second
     score: float
     last_t: float  # time of the last match
-    hits: int = 1
-    misses: int = 0  # frames since the last match
-    track_id: int = -1
-    velocity: np.ndarray = field(default_factory=lambda: np.zeros(4))  # box units per second
-    history: deque = field(default_factory=deque)  # (t, x, y) anchors of matched boxes
-
-    def predict(self, t: float) -> np.ndarray:
-        return self.box + self.velocity * (t - self.last_t)
+    hits: int
+    misses: int  # frames since the last match
 
 
 class Tracker:
-    """Per-camera tracker; `update()` once per frame in time order. See the module docstring."""
+    """Per-camera tracker; `update()` once per frame in time order. See the module docstring.
+
+    Track state lives in parallel arrays (one row per live track) so every step is vectorised.
+    """
 
     def __init__(self, config: TrackerConfig | None = None):
         self.config = config or TrackerConfig()
-        self._tracks: list[Track] = []
         self._next_id = 0
         self._last_t: float | None = None
+        self._x = np.zeros((0, 8))  # x1 y1 x2 y2, then their velocities (pixels, seconds)
+        self._p = np.zeros((0, 3))  # normalised covariance per track: var(pos), cov(pos, vel), var(vel)
+        self._box = np.zeros((0, 4))  # last matched box
+        self._score = np.zeros(0)
+        self._class = np.zeros(0, np.int64)
+        self._ids = np.zeros(0, np.int64)
+        self._hits = np.zeros(0, np.int64)  # consecutive matched frames
+        self._misses = np.zeros(0, np.int64)
+        self._last = np.zeros(0)  # time of the last match
+        self._history: list[deque] = []
 
     @property
     def tracks(self) -> list[Track]:
-        """Live tracks, tentative ones included (read only)."""
-        return list(self._tracks)
+        """Live tracks, tentative and lost ones included (snapshots)."""
+        return [
+            Track(int(self._ids[k]), int(self._class[k]), self._box[k].copy(), self._x[k, :4].copy(),
+                  self._x[k, 4:].copy(), float(self._score[k]), float(self._last[k]), int(self._hits[k]),
+                  int(self._misses[k]))
+            for k in range(len(self._ids))
+        ]
 
     def history(self, track_id: int) -> np.ndarray:
         """Anchor history (K, 3) as t, x, y of a live confirmed track, oldest first; empty if unknown/expired."""
-        for tr in self._tracks:
-            if tr.track_id == track_id and track_id >= 0:
-                return np.array(tr.history, np.float64).reshape(-1, 3)
+        if track_id >= 0:
+            for k in np.flatnonzero(self._ids == track_id):
+                return np.array(self._history[k], np.float64).reshape(-1, 3)
         return np.zeros((0, 3))
 
     def update(self, dets: Detections, t: float) -> Detections:
@@ -100,86 +126,125 @@ class Tracker:
         """
         if self._last_t is not None and t < self._last_t:
             raise ValueError(f"tracker times must not go backwards ({t} < {self._last_t})")
+        dt = 0.0 if self._last_t is None else t - self._last_t
         self._last_t = t
         cfg = self.config
         boxes = np.asarray(dets.boxes, np.float64).reshape(-1, 4)
         scores = np.asarray(dets.scores, np.float64)
         classes = np.asarray(dets.class_ids, np.int64)
-        det_track: list[Track | None] = [None] * len(dets)
+        self._predict(dt)
 
-        high = np.flatnonzero(scores >= cfg.high_score)
-        low = np.flatnonzero((scores >= cfg.low_score) & (scores < cfg.high_score))
-        free = list(self._tracks)
-        for det_idx, min_iou in ((high, cfg.match_iou), (low, cfg.low_match_iou)):
-            predicted = np.array([tr.predict(t) for tr in free]).reshape(-1, 4)
-            track_classes = np.array([tr.class_id for tr in free], np.int64)
-            pairs = _match(boxes[det_idx], classes[det_idx], predicted, track_classes, min_iou)
-            for d, k in pairs:
-                det_track[det_idx[d]] = free[k]
-            taken = {k for _, k in pairs}
-            free = [tr for k, tr in enumerate(free) if k not in taken]
+        n = len(self._ids)
+        det_track = np.full(len(scores), -1, np.int64)  # row of the track each detection joined
+        free = np.ones(n, bool)
+        if n:
+            high = np.flatnonzero(scores >= cfg.high_score)
+            low = np.flatnonzero((scores >= cfg.low_score) & (scores < cfg.high_score))
+            for det_idx, min_iou in ((high, cfg.match_iou), (low, cfg.low_match_iou)):
+                rows = np.flatnonzero(free)
+                if len(det_idx) == 0 or len(rows) == 0:
+                    continue
+                iou = iou_matrix(boxes[det_idx], self._x[rows, :4])
+                iou[classes[det_idx][:, None] != self._class[rows][None, :]] = 0.0
+                d, k = linear_sum_assignment(iou, maximize=True)
+                ok = iou[d, k] >= min_iou
+                det_track[det_idx[d[ok]]] = rows[k[ok]]
+                free[rows[k[ok]]] = False
 
-        for d, tr in enumerate(det_track):
-            if tr is not None:
-                self._matched(tr, boxes[d], float(scores[d]), t)
-        self._age(free, t)
-        for d in high:
-            if det_track[d] is None and scores[d] >= cfg.new_track_score:
-                det_track[d] = self._start(boxes[d], float(scores[d]), int(classes[d]), t)
+        matched_det = np.flatnonzero(det_track >= 0)
+        self._correct(det_track[matched_det], boxes[matched_det], scores[matched_det], t)
+        new = np.flatnonzero((det_track < 0) & (scores >= cfg.new_track_score) & (scores >= cfg.high_score))
+        if len(new) and len(matched_det):  # a second box on an object already matched is no new object
+            dup = iou_matrix(boxes[new], boxes[matched_det]).max(axis=1) >= cfg.duplicate_iou
+            new = new[~dup]
+        alive = self._age(free, t)
+        det_track[matched_det] = np.cumsum(alive)[det_track[matched_det]] - 1  # rows after dropping the dead
+        self._keep(alive)
+        det_track[new] = self._start(boxes[new], scores[new], classes[new], t)
 
-        keep = np.array([d for d, tr in enumerate(det_track) if tr is not None], np.int64)
+        keep = np.flatnonzero(det_track >= 0)
         out = dets.take(keep)
-        out.track_ids = np.array([det_track[d].track_id for d in keep], np.int64)
+        out.track_ids = self._ids[det_track[keep]].copy()
         return out
 
-    def _matched(self, tr: Track, box: np.ndarray, score: float, t: float) -> None:
-        dt = t - tr.last_t
-        if dt > 0:
-            a = 1.0 if tr.hits == 1 else self.config.velocity_smoothing  # the first estimate has nothing to smooth
-            tr.velocity = a * (box - tr.box) / dt + (1 - a) * tr.velocity
-        tr.box, tr.score, tr.last_t, tr.misses = box.copy(), score, t, 0
-        tr.hits += 1
-        if tr.track_id < 0 and tr.hits >= self.config.min_hits:
-            tr.track_id = self._new_id()
-        self._remember(tr, t)
+    # --- the Kalman filter, vectorised over tracks --------------------------------------------------------
 
-    def _age(self, unmatched: list[Track], t: float) -> None:
-        """Count a miss on unmatched tracks; drop tentative ones and the confirmed ones past max age."""
+    def _predict(self, dt: float) -> None:
+        if dt <= 0 or not len(self._ids):
+            return
+        x, p = self._x, self._p
+        x[:, :4] += x[:, 4:] * dt
+        q = self.config.motion_noise**2
+        p11, p12, p22 = p[:, 0], p[:, 1], p[:, 2]
+        p[:, 0] = p11 + 2 * dt * p12 + dt * dt * p22 + q * dt**3 / 3
+        p[:, 1] = p12 + dt * p22 + q * dt**2 / 2
+        p[:, 2] = p22 + q * dt
+
+    def _correct(self, rows: np.ndarray, boxes: np.ndarray, scores: np.ndarray, t: float) -> None:
+        if not len(rows):
+            return
+        p = self._p[rows]
+        s = p[:, 0] + self.config.measurement_noise**2
+        k1, k2 = p[:, 0] / s, p[:, 1] / s
+        x = self._x[rows]
+        innovation = boxes - x[:, :4]
+        x[:, :4] += k1[:, None] * innovation
+        x[:, 4:] += k2[:, None] * innovation
+        self._x[rows] = x
+        self._p[rows] = np.c_[p[:, 0] * (1 - k1), p[:, 1] * (1 - k1), p[:, 2] - k2 * p[:, 1]]
+        self._box[rows] = boxes
+        self._score[rows] = scores
+        self._last[rows] = t
+        self._hits[rows] = np.where(self._misses[rows] > 0, 1, self._hits[rows] + 1)  # consecutive matches
+        self._misses[rows] = 0
+        for k in rows[(self._ids[rows] < 0) & (self._hits[rows] >= self.config.min_hits)]:
+            self._ids[k] = self._new_id()
+        for k, b in zip(rows.tolist(), boxes, strict=True):
+            self._history[k].append((t, float(b[0] + b[2]) * 0.5, float(b[3])))
+
+    # --- track life -----------------------------------------------------------------------------------
+
+    def _age(self, unmatched: np.ndarray, t: float) -> np.ndarray:
+        """Count a miss on unmatched tracks; the rows to keep (tentative misses and expired lost tracks go)."""
         cfg = self.config
-        gone = set()
-        for tr in unmatched:
-            tr.misses += 1
-            too_old = (cfg.max_age_s is not None and t - tr.last_t > cfg.max_age_s) or (
-                cfg.max_age_frames is not None and tr.misses > cfg.max_age_frames
-            )
-            if tr.track_id < 0 or too_old:
-                gone.add(id(tr))
-        self._tracks = [tr for tr in self._tracks if id(tr) not in gone]
+        self._misses[unmatched] += 1
+        dead = unmatched & (self._ids < 0)
+        if cfg.max_age_s is not None:
+            dead |= unmatched & (t - self._last > cfg.max_age_s)
+        if cfg.max_age_frames is not None:
+            dead |= self._misses > cfg.max_age_frames
+        return ~dead
 
-    def _start(self, box: np.ndarray, score: float, class_id: int, t: float) -> Track:
-        tr = Track(class_id=class_id, box=box.copy(), score=score, last_t=t, history=deque(maxlen=self.config.history))
-        if self.config.min_hits <= 1:
-            tr.track_id = self._new_id()
-        self._remember(tr, t)
-        self._tracks.append(tr)
-        return tr
+    def _keep(self, alive: np.ndarray) -> None:
+        if alive.all():
+            return
+        for name in ("_x", "_p", "_box", "_score", "_class", "_ids", "_hits", "_misses", "_last"):
+            setattr(self, name, getattr(self, name)[alive])
+        self._history = [h for h, a in zip(self._history, alive.tolist(), strict=True) if a]
 
-    def _remember(self, tr: Track, t: float) -> None:
-        x, y = anchors(tr.box)[0]
-        tr.history.append((t, float(x), float(y)))
+    def _start(self, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, t: float) -> np.ndarray:
+        """Add tentative tracks (confirmed at once when min_hits is 1); their rows."""
+        m, cfg = len(scores), self.config
+        first = len(self._ids)
+        if not m:
+            return np.zeros(0, np.int64)
+        self._x = np.concatenate([self._x, np.c_[boxes, np.zeros((m, 4))]])
+        self._p = np.concatenate([self._p, np.tile([cfg.measurement_noise**2, 0.0, cfg.initial_speed**2], (m, 1))])
+        self._box = np.concatenate([self._box, boxes])
+        self._score = np.concatenate([self._score, scores])
+        self._class = np.concatenate([self._class, classes])
+        ids = np.full(m, -1, np.int64)
+        if cfg.min_hits <= 1:
+            ids = np.arange(self._next_id, self._next_id + m)
+            self._next_id += m
+        self._ids = np.concatenate([self._ids, ids])
+        self._hits = np.concatenate([self._hits, np.ones(m, np.int64)])
+        self._misses = np.concatenate([self._misses, np.zeros(m, np.int64)])
+        self._last = np.concatenate([self._last, np.full(m, t)])
+        for b in boxes:
+            self._history.append(deque([(t, float(b[0] + b[2]) * 0.5, float(b[3]))], maxlen=cfg.history))
+        return np.arange(first, first + m)
 
     def _new_id(self) -> int:
         self._next_id += 1
         return self._next_id - 1
-
-
-def _match(
-    det_boxes: np.ndarray, det_classes: np.ndarray, trk_boxes: np.ndarray, trk_classes: np.ndarray, min_iou: float
-) -> list[tuple[int, int]]:
-    """Optimal one-to-one (det, track) pairs by IoU, same class only, IoU >= min_iou."""
-    if len(det_boxes) == 0 or len(trk_boxes) == 0:
-        return []
-    iou = iou_matrix(det_boxes, trk_boxes)
-    iou[det_classes[:, None] != trk_classes[None, :]] = 0.0
-    rows, cols = linear_sum_assignment(-iou)
-    return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if iou[r, c] >= min_iou]
