@@ -56,6 +56,10 @@ def synthetic_set(seeds=REPORT_SEEDS, fps=FPS, seconds: float = 20.0, noise: Det
     return out
 
 
+def detections(seq: Sequence) -> list[Detections]:
+    return [Detections(b, s, np.zeros(len(s), np.int32)) for b, s in zip(seq.det_boxes, seq.det_scores, strict=True)]
+
+
 def run_ours(dets: list[Detections], fps: float, config: TrackerConfig | None = None) -> Output:
     trk = Tracker(config)
     out = []
@@ -126,9 +130,10 @@ def evaluate_synthetic(seqs: list[Sequence], config: TrackerConfig | None = None
     for seq in seqs:
         gt = list(zip(seq.gt_ids, seq.gt_boxes, strict=True))
         row = per.setdefault(seq.fps, {"ours": [], "reference": []})
-        row["ours"].append(score(gt, run_ours(seq.detections, seq.fps, config)))
+        dets = detections(seq)
+        row["ours"].append(score(gt, run_ours(dets, seq.fps, config)))
         if reference:
-            row["reference"].append(score(gt, run_reference(seq.detections, seq.fps)))
+            row["reference"].append(score(gt, run_reference(dets, seq.fps)))
     result = {f: {k: summary(v) for k, v in row.items() if v} for f, row in per.items()}
     result["all"] = {k: summary([s for row in per.values() for s in row[k]]) for k in ("ours", "reference")
                      if any(row[k] for row in per.values())}
@@ -209,13 +214,14 @@ def evaluate_vtest(dets: list[Detections], config: TrackerConfig | None = None) 
 def cpu_per_frame(seconds: float = 60.0, repeats: int = 3) -> dict[str, float]:
     """CPU ms per frame of each tracker on a 20-object scene at 10 fps (best of `repeats`)."""
     seq = detect(make_scene(7, objects=22, seconds=seconds), 10)
-    sv_dets = [_sv(d) for d in seq.detections]
+    dets = detections(seq)
+    sv_dets = [_sv(d) for d in dets]
     objects = float(np.mean([len(g) for g in seq.gt_ids]))
-    per_frame = float(np.mean([len(d) for d in seq.detections]))
+    per_frame = float(np.mean([len(d) for d in dets]))
 
     def ours() -> None:
         trk = Tracker()
-        for k, d in enumerate(seq.detections):
+        for k, d in enumerate(dets):
             trk.update(d, k / 10.0)
 
     def reference() -> None:

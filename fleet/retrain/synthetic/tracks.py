@@ -19,8 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.pipeline.types import Detections
-
 BASE_FPS = 30
 WIDTH, HEIGHT = 768, 576
 FLOOR_TOP = 0.3 * HEIGHT  # anchors (feet) stay below this line
@@ -55,16 +53,18 @@ class Scene:
 
 @dataclass
 class Sequence:
-    """A scene sampled at `fps` with the detector's output; frame k is at time k / fps."""
+    """A scene sampled at `fps` with the detector's output (boxes (N, 4) x1 y1 x2 y2 and scores (N,), float32,
+    one class); frame k is at time k / fps."""
 
     name: str
     fps: float
     gt_ids: list[np.ndarray]
     gt_boxes: list[np.ndarray]
-    detections: list[Detections]
+    det_boxes: list[np.ndarray]
+    det_scores: list[np.ndarray]
 
     def __len__(self) -> int:
-        return len(self.detections)
+        return len(self.det_boxes)
 
     def time(self, k: int) -> float:
         return k / self.fps
@@ -191,13 +191,14 @@ def detect(scene: Scene, fps: float, noise: DetectorNoise | None = None, seed: i
     if step != int(step) or step < 1:
         raise ValueError(f"fps must divide {BASE_FPS} (got {fps})")
     rng = np.random.default_rng([seed, int(fps)])
-    gt_ids, gt_boxes, dets = [], [], []
+    gt_ids, gt_boxes, det_boxes, det_scores = [], [], [], []
     for f in range(0, scene.frames, int(step)):
         ids, boxes, vis = scene.ids[f], scene.boxes[f], scene.visibility[f]
         gt_ids.append(ids)
         gt_boxes.append(boxes)
         if rng.random() < noise.frame_drop:
-            dets.append(Detections.empty())
+            det_boxes.append(np.zeros((0, 4), np.float32))
+            det_scores.append(np.zeros(0, np.float32))
             continue
         # Seen with full probability when at least 70 % visible, never under 20 %.
         p_seen = (1 - noise.miss_rate) * np.clip((vis - 0.2) / 0.5, 0, 1)
@@ -222,6 +223,6 @@ def detect(scene: Scene, fps: float, noise: DetectorNoise | None = None, seed: i
         scores = np.concatenate([scores, fp_scores])
         keep = scores >= noise.score_floor
         order = rng.permutation(int(keep.sum()))  # the detector reports in no particular order
-        dets.append(Detections(out[keep][order].astype(np.float32), np.clip(scores[keep][order], 0, 1).astype(np.float32),
-                               np.zeros(int(keep.sum()), np.int32)))
-    return Sequence(f"{scene.name}@{fps:g}fps", float(fps), gt_ids, gt_boxes, dets)
+        det_boxes.append(out[keep][order].astype(np.float32))
+        det_scores.append(np.clip(scores[keep][order], 0, 1).astype(np.float32))
+    return Sequence(f"{scene.name}@{fps:g}fps", float(fps), gt_ids, gt_boxes, det_boxes, det_scores)
