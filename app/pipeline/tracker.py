@@ -158,8 +158,9 @@ class Tracker:
             dup = iou_matrix(boxes[new], boxes[matched_det]).max(axis=1) >= cfg.duplicate_iou
             new = new[~dup]
         alive = self._age(free, t)
-        det_track[matched_det] = np.cumsum(alive)[det_track[matched_det]] - 1  # rows after dropping the dead
-        self._keep(alive)
+        if not alive.all():
+            det_track[matched_det] = np.cumsum(alive)[det_track[matched_det]] - 1  # rows after dropping the dead
+            self._keep(alive)
         det_track[new] = self._start(boxes[new], scores[new], classes[new], t)
 
         keep = np.flatnonzero(det_track >= 0)
@@ -191,7 +192,7 @@ class Tracker:
         x[:, :4] += k1[:, None] * innovation
         x[:, 4:] += k2[:, None] * innovation
         self._x[rows] = x
-        self._p[rows] = np.c_[p[:, 0] * (1 - k1), p[:, 1] * (1 - k1), p[:, 2] - k2 * p[:, 1]]
+        self._p[rows] = np.stack([p[:, 0] * (1 - k1), p[:, 1] * (1 - k1), p[:, 2] - k2 * p[:, 1]], axis=1)
         self._box[rows] = boxes
         self._score[rows] = scores
         self._last[rows] = t
@@ -199,8 +200,9 @@ class Tracker:
         self._misses[rows] = 0
         for k in rows[(self._ids[rows] < 0) & (self._hits[rows] >= self.config.min_hits)]:
             self._ids[k] = self._new_id()
-        for k, b in zip(rows.tolist(), boxes, strict=True):
-            self._history[k].append((t, float(b[0] + b[2]) * 0.5, float(b[3])))
+        xs, ys = ((boxes[:, 0] + boxes[:, 2]) * 0.5).tolist(), boxes[:, 3].tolist()
+        for k, x, y in zip(rows.tolist(), xs, ys, strict=True):
+            self._history[k].append((t, x, y))
 
     # --- track life -----------------------------------------------------------------------------------
 
@@ -216,8 +218,6 @@ class Tracker:
         return ~dead
 
     def _keep(self, alive: np.ndarray) -> None:
-        if alive.all():
-            return
         for name in ("_x", "_p", "_box", "_score", "_class", "_ids", "_hits", "_misses", "_last"):
             setattr(self, name, getattr(self, name)[alive])
         self._history = [h for h, a in zip(self._history, alive.tolist(), strict=True) if a]
@@ -228,7 +228,7 @@ class Tracker:
         first = len(self._ids)
         if not m:
             return np.zeros(0, np.int64)
-        self._x = np.concatenate([self._x, np.c_[boxes, np.zeros((m, 4))]])
+        self._x = np.concatenate([self._x, np.concatenate([boxes, np.zeros((m, 4))], axis=1)])
         self._p = np.concatenate([self._p, np.tile([cfg.measurement_noise**2, 0.0, cfg.initial_speed**2], (m, 1))])
         self._box = np.concatenate([self._box, boxes])
         self._score = np.concatenate([self._score, scores])
