@@ -27,11 +27,14 @@ Unknown keys are errors everywhere, so a typo never passes silently.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -45,6 +48,30 @@ from fleet.spec.problems import Problem, ValidationFailed, problems_from_validat
 from fleet.spec.yamlsrc import YamlDoc, YamlSourceError, load_yaml
 
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
+DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
+
+
+def check_stream_url(url: str) -> tuple[str, int]:
+    """(host, port) of an rtsp/http stream URL; ValueError naming what is wrong (no host, bad port)."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ValueError(f"'{url}' has no host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"'{url}' has an invalid port (1-65535)") from None
+    if port == 0:
+        raise ValueError(f"'{url}' has an invalid port (1-65535)")
+    return parts.hostname, port or DEFAULT_PORTS[parts.scheme]
+
+
+def resolves(host: str) -> bool:
+    """False only when the resolver says the name does not exist (a temporary failure is not a verdict)."""
+    try:
+        socket.getaddrinfo(host, None)
+    except socket.gaierror as exc:
+        return exc.errno not in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME))
+    return True
 
 
 class _Strict(BaseModel):
@@ -60,6 +87,9 @@ class TritonConfig(_Strict):
     model_name: str | None = Field(None, description="the model's name in Triton (default: the manifest's name)")
     max_inflight: Annotated[int, Field(ge=1, le=16)] = 2
     request_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    control_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        2.0, description="deadline of the control calls (model ready, shared memory register/unregister)"
+    )
     ready_timeout_s: Annotated[float, Field(ge=0)] = 120.0
 
     @field_validator("url")
@@ -112,6 +142,13 @@ class CameraConfig(_Strict):
     def is_stream(self) -> bool:
         return self.url.startswith(STREAM_SCHEMES)
 
+    @field_validator("url")
+    @classmethod
+    def _stream_url(cls, url: str) -> str:
+        if url.startswith(STREAM_SCHEMES):
+            check_stream_url(url)
+        return url
+
     @model_validator(mode="after")
     def _rule_references(self) -> CameraConfig:
         RulesConfig(zones=self.zones, lines=self.lines, rules=self.rules)  # duplicate names, unknown zone/line
@@ -157,13 +194,16 @@ class EvidenceStoreConfig(_Strict):
 
 
 class EvidenceSection(EvidenceConfig):
-    """app.evidence.packager.EvidenceConfig plus where packages are uploaded (absent: kept locally only)."""
+    """app.evidence.packager.EvidenceConfig plus where packages are uploaded (absent: kept locally only)
+    and the free space retention keeps on the evidence file system (both floors apply)."""
 
     store: EvidenceStoreConfig | None = None
+    min_free_bytes: Annotated[int, Field(ge=0)] = Field(512 << 20, description="keep this much free on the disk")
+    min_free_percent: Annotated[float, Field(ge=0, lt=100)] = Field(5.0, description="and this share of it")
 
     @property
     def packager_config(self) -> EvidenceConfig:
-        return EvidenceConfig(**self.model_dump(exclude={"store"}))
+        return EvidenceConfig(**self.model_dump(exclude={"store", "min_free_bytes", "min_free_percent"}))
 
 
 class DriftSection(DriftConfig):
@@ -208,6 +248,9 @@ class AppConfig(_Strict):
     drift: DriftSection | None = None
     sampling: SamplingConfig | None = None
     review: ReviewConfig | None = None
+    drain_timeout_s: Annotated[float, Field(gt=0, le=300)] = Field(
+        10.0, description="at SIGTERM, the most the drain (batches in flight, evidence, alerts, Triton) may take"
+    )
 
     @field_validator("cameras")
     @classmethod
@@ -246,6 +289,14 @@ class Resolved:
         return f"{self.config.site_id}/{self.config.device_id}"
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _rel(base: Path, p: Path | str) -> Path:
     p = Path(p)
     return p if p.is_absolute() else (base / p)
@@ -271,6 +322,10 @@ def check_references(doc: YamlDoc, cfg: AppConfig) -> tuple[Resolved | None, lis
         manifest = None if mproblems else manifest
 
     for i, cam in enumerate(cfg.cameras):
+        if cam.is_stream:
+            host = check_stream_url(cam.url)[0]
+            if not _is_ip(host) and not resolves(host):
+                problem(("cameras", i, "url"), f"cameras[{i}].url", f"host '{host}' does not resolve (DNS or /etc/hosts)")
         if not cam.is_stream and "://" in cam.url and not cam.url.startswith("file://"):
             problem(("cameras", i, "url"), f"cameras[{i}].url", f"unsupported scheme in '{cam.url}' (rtsp, http, file)")
         elif not cam.is_stream and not _rel(base, cam.url.removeprefix("file://")).is_file():

@@ -63,13 +63,30 @@ class Metrics:
             "edgecv_alerts_dropped_total", "Alerts dropped because the spool was full", registry=r
         )
         self.alerts_spooled = Gauge("edgecv_alert_spool_depth", "Alerts waiting on disk for the broker", registry=r)
+        self.alerts_in_memory = Gauge(
+            "edgecv_alert_memory_depth", "Alerts held in memory because the spool cannot write", registry=r
+        )
+        self.disk_full = Gauge(
+            "edgecv_disk_full", "1 while writes fail for lack of space, by what (spool, evidence)", ["what"], registry=r
+        )
+        self.thread_errors = Counter(
+            "edgecv_thread_errors_total", "Background thread turns that failed and were retried", ["thread"], registry=r
+        )
+        self.camera_error = Gauge(
+            "edgecv_camera_error", "1 for the reason a camera is down now (refused, unresolvable, timeout, "
+            "open_failed, stalled, ended)", ["camera", "reason"], registry=r,
+        )
+        self.inference_queued = Gauge(
+            "edgecv_inference_queued", "Inference requests waiting for a free worker", registry=r
+        )
         self.mqtt_connected = Gauge("edgecv_mqtt_connected", "1 when connected to the MQTT broker", registry=r)
         self.model_info = Gauge("edgecv_model_info", "The model served", ["model", "version"], registry=r)
         # Evidence and drift (filled by app.evidence.packager / app.drift.monitors).
         self.evidence_written = Counter("edgecv_evidence_written_total", "Evidence packages written", registry=r)
         self.evidence_uploaded = Counter("edgecv_evidence_uploaded_total", "Evidence packages uploaded", registry=r)
         self.evidence_refused = Counter(
-            "edgecv_evidence_refused_total", "Evidence refused for lack of disk budget", registry=r
+            "edgecv_evidence_refused_total", "Evidence not kept, by reason (budget, free_space, write_failed, shed)",
+            ["reason"], registry=r,
         )
         self.evidence_pending = Gauge("edgecv_evidence_pending", "Evidence packages not yet uploaded", registry=r)
         self.evidence_disk_bytes = Gauge("edgecv_evidence_disk_bytes", "Local evidence bytes on disk", registry=r)

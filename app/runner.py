@@ -15,10 +15,18 @@ While Triton is not ready, frames are dropped as they arrive (counted: reason "t
 request drops its frames (reason "inference_error"). Per-stage latencies go to the
 edgecv_stage_latency_seconds histograms and to a LatencyRecorder for the p50/p95 report.
 
-Optional parts, each fed per handled frame without blocking the loop: the evidence feed (frames into the
-pre-roll rings, events into packages; app.evidence.feed), the drift monitor (checked every
-drift.check_interval_s; an alarm is published on edgecv/<site>/<device>/drift) and the review sampler
-(flagged frames go to the review client's bounded queue).
+Every handled frame goes to the pipeline's sinks (app.pipeline.ports.FrameSink, adapters in app.sinks): the
+alert publisher, the evidence feed (frames into the pre-roll rings, events into packages) and the review
+sampler (flagged frames to the review client's bounded queue); none blocks the loop. The drift monitor is
+checked every drift.check_interval_s (an alarm is published on edgecv/<site>/<device>/drift).
+
+Faults (what keeps a device without anyone on site running):
+- shutdown is bounded by drain_timeout_s (default 10 s): batches in flight are finished, then evidence and
+  alerts are flushed, and only then is inference closed (its calls have deadlines of their own);
+- every background thread survives one turn's exception (logged, counted in edgecv_thread_errors_total,
+  backed off); a thread that dies anyway turns /healthz to 503 "dead thread" and stops the systemd
+  watchdog pings (WATCHDOG=1, sent from the loop only while every thread is alive), so systemd restarts us;
+- a camera whose frames stop is marked down by its stall watchdog (frame age), with the reason.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,12 +48,14 @@ from app.pipeline.batcher import Batcher
 from app.pipeline.capture import CameraReader
 from app.pipeline.infer import BufferSlot, Result, TritonInfer
 from app.pipeline.latency import LatencyRecorder
+from app.pipeline.ports import FrameSink, FrameSource, Handled
 from app.pipeline.postprocess import decoder_for
 from app.pipeline.preprocess import LetterboxInfo, Preprocessor
 from app.pipeline.rules import RuleEngine
 from app.pipeline.tracker import Tracker
 from app.pipeline.types import Detections, Event, Frame
-from app.review_client import ReviewClient, Sample
+from app.review_client import ReviewClient
+from app.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +70,10 @@ class Pending:
 
 
 class Pipeline:
-    """Runs the app from a resolved config. `sources` (objects with camera_id, take(), start(), stop(), up)
-    default to one CameraReader per configured camera; `publisher` (an app.alerts.publisher.AlertPublisher, or any
-    object with publish_events/close) is optional: without it events are only counted.
+    """Runs the app from a resolved config. `sources` (app.pipeline.ports.FrameSource) default to one
+    CameraReader per configured camera. `publisher` (app.alerts.publisher.AlertPublisher), `evidence`
+    (app.evidence.feed.EvidenceFeeder) and `review` (with `sampler`) are optional and become sinks, in that
+    order, before any extra `sinks`; without a publisher events are only counted.
     """
 
     def __init__(
@@ -70,13 +81,14 @@ class Pipeline:
         resolved: Resolved,
         metrics: Metrics | None = None,
         *,
-        sources: Sequence | None = None,
+        sources: Sequence[FrameSource] | None = None,
         infer: TritonInfer | None = None,
         publisher=None,
         recorder: LatencyRecorder | None = None,
         evidence=None,
         review: ReviewClient | None = None,
         sampler: ReviewSampler | None = None,
+        sinks: Sequence[FrameSink] = (),
     ):
         self.resolved = resolved
         cfg = resolved.config
@@ -99,7 +111,7 @@ class Pipeline:
             self.manifest, cfg.triton.url, protocol=cfg.triton.protocol, model_name=resolved.model_name,
             max_batch=resolved.max_batch, max_inflight=cfg.triton.max_inflight,
             shared_memory=cfg.triton.use_shared_memory, request_timeout_s=cfg.triton.request_timeout_s,
-            metrics=self.metrics,
+            control_timeout_s=cfg.triton.control_timeout_s, metrics=self.metrics,
         )
         self.infer.on_result = self._wake.set
         self.publisher = publisher
@@ -145,11 +157,29 @@ class Pipeline:
         self.evidence = evidence  # an app.evidence.feed.EvidenceFeeder, or None
         self.review = review
         self.sampler = sampler or (ReviewSampler(cfg.sampling) if review is not None else None)
+        self.sinks: list[FrameSink] = self._sinks(sinks)
+        self.drain_timeout_s = cfg.drain_timeout_s
+        self.threads: dict[str, Callable[[], bool]] = {}  # name -> is it alive: background threads /healthz watches
+        self.notifier = Notifier()
+        self.disk_checks: dict[str, Callable[[], bool]] = {}  # what -> True while that disk is full
+        self._pinged = 0.0
         self.drift = self._drift_monitor()
         self._drift_every = cfg.drift.check_interval_s if cfg.drift else 1.0
         self._drift_at = 0.0
         self.drift_events: list[dict] = []
         self._reviews: deque[tuple[int, int]] = deque()  # from the review client's thread, applied by the loop
+
+    def _sinks(self, extra: Sequence[FrameSink]) -> list[FrameSink]:
+        from app.sinks import AlertSink, EvidenceSink, ReviewSink
+
+        out: list[FrameSink] = []
+        if self.publisher is not None:
+            out.append(AlertSink(self.publisher))
+        if self.evidence is not None:
+            out.append(EvidenceSink(self.evidence))
+        if self.review is not None:
+            out.append(ReviewSink(self.review, self.sampler))
+        return out + list(extra)
 
     def note_review(self, reviewed: int, corrected: int) -> None:
         """The review service's verdicts (thread-safe: the loop feeds them to the drift monitor)."""
@@ -173,7 +203,7 @@ class Pipeline:
         log.warning("drift: %s = %.3f over its threshold %.3f", kind, value, threshold)
         self.metrics.drift_events.labels(kind).inc()
         self.drift_events.append(payload)
-        if self.publisher is not None and hasattr(self.publisher, "publish"):
+        if self.publisher is not None:
             self.publisher.publish("drift", payload)
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -190,6 +220,7 @@ class Pipeline:
         for s in self.sources:
             s.start()
         self.started = True
+        self.notifier.ready()
         return self
 
     def stop(self) -> None:
@@ -210,31 +241,43 @@ class Pipeline:
         finally:
             self.drain()
 
-    def drain(self, timeout_s: float = 10.0) -> None:
-        """Stop the cameras, send what is batched, wait for the requests in flight and handle them."""
+    def drain(self, timeout_s: float | None = None) -> None:
+        """Stop the cameras, send what is batched, handle the requests in flight (their events reach the
+        sinks), flush the sinks (evidence, then alerts), and only then close inference: all of it within
+        timeout_s (default: the config's drain_timeout_s), each step given a share of what is left."""
+        self.notifier.stopping()
+        t0 = time.monotonic()
+        deadline = t0 + (self.drain_timeout_s if timeout_s is None else timeout_s)
+
+        def left(share: float = 1.0) -> float:
+            return max(0.0, (deadline - time.monotonic()) * share)
+
         for s in self.sources:
-            s.stop()
+            s.stop(min(2.0, left(0.2)))
         if len(self.batcher) and self.infer.ready:
             self._submit()
-        deadline = time.monotonic() + timeout_s
-        while (self._next_handle < self._next_submit) and time.monotonic() < deadline:
+        until = time.monotonic() + min(left(0.4), self.infer.request_timeout_s + 0.5)
+        while (self._next_handle < self._next_submit) and time.monotonic() < until:
             self._handle_results()
             self._wake.wait(0.05)
             self._wake.clear()
-        self._slot = None
-        self._done.clear()
-        self.infer.close()
         if self.drift is not None:
             self.drift.check()
-        if self.evidence is not None:  # pending events are packaged with the post-roll recorded so far
-            self.evidence.close()
-        if self.publisher is not None:
-            self.publisher.close()
+        for k, sink in enumerate(self.sinks):  # pending events are packaged with the post-roll recorded so far
+            try:
+                sink.close(left(0.8 / (len(self.sinks) - k)))
+            except Exception:
+                log.exception("closing the %s sink failed", sink.name)
+        self._slot = None
+        self._done.clear()
+        self.infer.close(min(left(0.5), 2.0))
+        log.info("drained in %.1fs", time.monotonic() - t0)
 
     # --- one turn of the loop ------------------------------------------------------------------------
 
     def step(self, idle_s: float = 0.1) -> None:
         self.last_tick = time.monotonic()
+        self._ping_watchdog()
         self._handle_results()
         if not self.infer.ready:
             self._drop_incoming("triton_down")
@@ -321,14 +364,10 @@ class Pipeline:
         self._last_t[cam] = t
         tracked = self.trackers[cam].update(dets, t)
         events = self.rules[cam].process(tracked, t, frame.seq)
-        if self.evidence is not None:
-            self.evidence.add(frame, tracked)
+        item = Handled(frame, dets, tracked, events, self.drift is not None and self.drift.alarming)
+        for sink in self.sinks:
+            sink.handle(item)
         if events:
-            if self.publisher is not None:
-                self.publisher.publish_events(events)
-            if self.evidence is not None:
-                for e in events:
-                    self.evidence.on_event(e)
             self.events_sent += len(events)
             self.events.extend(events)
             del self.events[:-1000]
@@ -351,10 +390,6 @@ class Pipeline:
                 m.confidence.observe(float(s))
         if self.drift is not None:
             self.drift.observe_frame(dets.scores, dets.class_ids)
-        if self.review is not None:
-            reason = self.sampler.reason(dets.scores, self.drift is not None and self.drift.alarming)
-            if reason is not None:  # the reviewer sees every detection, tracked or not
-                self.review.offer(Sample(reason, cam, frame.captured_at, frame.image, dets))
 
     # --- bookkeeping ---------------------------------------------------------------------------------
 
@@ -390,6 +425,8 @@ class Pipeline:
             self._fps_gauge[cam].set(len(times) / window_s)
         m.queue_depth.labels("batch").set(len(self.batcher))
         m.queue_depth.labels("results").set(len(self._done))
+        for s in self.sources:  # the per-camera stall watchdogs
+            s.watch()
 
     def fps(self, window_s: float = 2.0) -> dict[str, float]:
         """Frames per second processed per camera over the last window_s."""
@@ -397,12 +434,36 @@ class Pipeline:
         return {cam: sum(1 for t in list(times) if now - t <= window_s) / window_s
                 for cam, times in self._fps_window.items()}
 
+    def dead_threads(self) -> list[str]:
+        alive = {f"camera-{s.camera_id}": (lambda s=s: s.alive) for s in self.sources}
+        alive["triton-monitor"] = lambda: self.infer.alive
+        alive.update(self.threads)
+        return sorted(name for name, is_alive in alive.items() if not is_alive())
+
+    def _ping_watchdog(self) -> None:
+        """WATCHDOG=1 while the loop turns and every thread lives: systemd restarts a process that stops."""
+        every = self.notifier.watchdog_interval_s
+        if every is None or self.last_tick - self._pinged < min(every, 5.0):
+            return
+        self._pinged = self.last_tick
+        dead = self.dead_threads()
+        if dead:
+            log.error("not pinging the systemd watchdog: dead thread(s) %s", ", ".join(dead))
+        else:
+            self.notifier.watchdog()
+
     def status(self) -> dict:
         """For /healthz and /readyz."""
+        disk_full = []
+        if self.publisher is not None and self.publisher.disk_full:
+            disk_full.append("spool")
         return {
             "loop_alive": time.monotonic() - self.last_tick < 10.0,
             "triton_ready": bool(self.infer.ready),
             "cameras": {s.camera_id: bool(s.up) for s in self.sources},
+            "camera_errors": {s.camera_id: s.last_error for s in self.sources if not s.up and s.last_error},
+            "dead_threads": self.dead_threads(),
+            "disk_full": disk_full + [w for w, check in self.disk_checks.items() if check()],
         }
 
 
@@ -438,15 +499,26 @@ class AppRunner:
             publisher = AlertPublisher(
                 cfg.mqtt.host, cfg.mqtt.port, cfg.site_id, cfg.device_id, cfg.spool_dir, window=cfg.mqtt.window,
                 username=cfg.mqtt.username, password=cfg.mqtt.password, tls_ca=cfg.mqtt.tls_ca, metrics=self.metrics,
+                make_room=self._make_room,
             )
         self.store = self.uploader = None
+        self._running = False
         if cfg.evidence is not None and "evidence" not in pipeline_kw:
             pipeline_kw["evidence"] = self._evidence(resolved)
         if cfg.review is not None and "review" not in pipeline_kw:
             pipeline_kw["review"] = self._review(resolved)
-        self.pipeline = Pipeline(resolved, self.metrics, publisher=publisher, **pipeline_kw)
-        if self.pipeline.review is not None and self.pipeline.drift is not None:
-            self.pipeline.review.on_corrections = self.pipeline.note_review
+        self.pipeline = p = Pipeline(resolved, self.metrics, publisher=publisher, **pipeline_kw)
+        if p.review is not None and p.drift is not None:
+            p.review.on_corrections = p.note_review
+        # Background threads whose death /healthz and the systemd watchdog must notice.
+        if publisher is not None:
+            p.threads["alerts-sender"] = lambda: publisher.alive
+        if p.evidence is not None:
+            p.threads["evidence-feed"] = lambda: p.evidence.ident is None or p.evidence.closed or p.evidence.is_alive()
+        for t in self._threads():
+            p.threads[t.name] = lambda t=t: t.is_alive() or not self._running
+        if self.store is not None:
+            p.disk_checks["evidence"] = lambda: self.store.admission_reason == "free_space"
         self.server = StatusServer(self.metrics.registry, self.pipeline.status, cfg.metrics.host, cfg.metrics.port)
         self.health = None
         if cfg.health.enabled:
@@ -465,9 +537,10 @@ class AppRunner:
         admit = None
         if ev.store is not None:
             self.store = EvidenceStore(ev.dir, ev.store.bucket, resolved.evidence_prefix, _s3_factory(ev.store),
-                                       ev.disk_budget_bytes, self.metrics)
+                                       ev.disk_budget_bytes, self.metrics, min_free_bytes=ev.min_free_bytes,
+                                       min_free_percent=ev.min_free_percent)
             self.uploader = Uploader(self.store, interval_s=ev.store.upload_interval_s)
-            admit = self.store.has_room
+            admit = self.store.admission
         packager = EvidencePackager(ev.packager_config, list(resolved.manifest.classes), self.metrics, admit=admit)
         return EvidenceFeeder(packager)
 
@@ -482,9 +555,15 @@ class AppRunner:
             timeout_s=rc.timeout_s, queue_size=rc.queue_size, correction_poll_s=rc.correction_poll_s,
         )
 
-    def _threads(self) -> list:
-        p = self.pipeline
-        return [t for t in (self.uploader, p.review) if t is not None]  # the pipeline runs its evidence feed
+    def _make_room(self) -> int:
+        """The alert spool's disk is full: shed evidence on the same file system (alerts matter more)."""
+        cfg = self.pipeline.resolved.config if hasattr(self, "pipeline") else None
+        if self.store is None or cfg is None or not _same_disk(cfg.spool_dir, self.store.root):
+            return 0
+        return self.store.shed()
+
+    def _threads(self) -> list[threading.Thread]:
+        return [t for t in (self.uploader, self.pipeline.review) if t is not None]  # the pipeline runs the feed
 
     def start(self, ready_timeout_s: float | None = None) -> AppRunner:
         """Serve /healthz and /readyz at once (readyz says 503 until Triton is ready), then start the pipeline."""
@@ -495,6 +574,7 @@ class AppRunner:
             self.pipeline.publisher.start()
         for t in self._threads():
             t.start()
+        self._running = True
         try:
             self.pipeline.start(ready_timeout_s)
         except BaseException:
@@ -504,14 +584,16 @@ class AppRunner:
 
     def run(self, duration_s: float | None = None, on_tick=None) -> None:
         try:
-            self.pipeline.run(duration_s, on_tick)  # drains the evidence feed too
+            self.pipeline.run(duration_s, on_tick)  # drains the sinks (alerts, evidence, review) too
         finally:
+            self._running = False
             self.server.stop()
             self._stop_background()
 
     def _stop_background(self, upload_s: float | None = None) -> None:
-        """The review client sends what it holds; the uploader gets a last pass of at most upload_s
-        (default: evidence.store.shutdown_upload_s)."""
+        """The uploader gets a last pass of at most upload_s (default: evidence.store.shutdown_upload_s) even
+        if its thread died; the review client (a sink) was stopped by the drain."""
+        self._running = False
         p = self.pipeline
         if upload_s is None:
             ev = self.pipeline.resolved.config.evidence
@@ -520,9 +602,9 @@ class AppRunner:
             self.health.stop()
             self.health = None
         if p.review is not None and p.review.is_alive():
-            p.review.stop()
-        if self.uploader is not None and self.uploader.is_alive():
-            self.uploader.stop()
+            p.review.stop(0)
+        if self.uploader is not None:
+            self.uploader.stop(min(upload_s, 5.0))
             last = threading.Thread(target=self.store.upload_pending, name="evidence-last-upload", daemon=True)
             last.start()
             last.join(upload_s)
@@ -532,10 +614,8 @@ class AppRunner:
 
     def close(self) -> None:
         self.server.stop()
-        if self.pipeline.publisher is not None:
-            self.pipeline.publisher.close()
-        if self.pipeline.evidence is not None:
-            self.pipeline.evidence.close()
+        for sink in self.pipeline.sinks:
+            sink.close(2.0)
         self._stop_background(upload_s=0)
 
     def summary(self) -> dict:
@@ -551,6 +631,15 @@ class AppRunner:
             **({"drift": p.drift.stats(), "drift_events": len(p.drift_events)} if p.drift is not None else {}),
             **({"review_sent": p.review.sent, "review_dropped": p.review.dropped} if p.review is not None else {}),
         }
+
+
+def _same_disk(a, b) -> bool:
+    import os
+
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False
 
 
 def _s3_factory(store):

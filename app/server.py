@@ -1,7 +1,8 @@
 """The app's HTTP endpoint on the metrics port: /metrics (Prometheus), /healthz, /readyz.
 
-/healthz: liveness. 200 while the pipeline loop keeps turning; the body says "ok" or "degraded" (Triton
-         down, or a camera down) with the details. 503 only when the loop is stuck (a restart would help).
+/healthz: liveness. 200 while the pipeline loop keeps turning and every background thread lives; the body
+         says "ok" or "degraded" (Triton down, a camera down with its reason, a disk full) with the details.
+         503 when the loop is stuck or a thread died (a restart would help): "stuck" or "dead_thread".
 /readyz: readiness. 200 when the Triton model is ready and at least one camera delivers frames, else 503.
 """
 
@@ -56,13 +57,18 @@ class StatusServer:
     def health(self) -> tuple[int, dict]:
         s = self.status()
         down = sorted(c for c, up in s["cameras"].items() if not up)
-        degraded = not s["triton_ready"] or bool(down)
+        dead, disk_full = s.get("dead_threads", []), s.get("disk_full", [])
+        degraded = not s["triton_ready"] or bool(down) or bool(disk_full)
+        status = ("stuck" if not s["loop_alive"] else "dead_thread" if dead else "degraded" if degraded else "ok")
         body = {
-            "status": "stuck" if not s["loop_alive"] else "degraded" if degraded else "ok",
+            "status": status,
             "triton_ready": s["triton_ready"],
             "cameras_down": down,
+            "camera_errors": {c: e for c, e in s.get("camera_errors", {}).items() if c in down},
+            "disk_full": disk_full,
+            "dead_threads": dead,
         }
-        return (200 if s["loop_alive"] else 503), body
+        return (200 if status not in ("stuck", "dead_thread") else 503), body
 
     def readiness(self) -> tuple[int, dict]:
         s = self.status()

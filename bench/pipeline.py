@@ -154,7 +154,7 @@ class SyntheticCamera:
     def __init__(self, camera_id: str, image: np.ndarray, fps: float | None = None):
         self.camera_id, self.image, self.fps = camera_id, image, fps
         self.on_frame = None
-        self.up = True
+        self.up, self.alive, self.last_error = True, True, None
         self.slot = FrameSlot()
         self._seq = 0
         self._stop = threading.Event()
@@ -181,10 +181,13 @@ class SyntheticCamera:
             if self.on_frame:
                 self.on_frame()
 
-    def stop(self) -> None:
+    def watch(self) -> bool:
+        return self.up
+
+    def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
         if self._thread:
-            self._thread.join(2)
+            self._thread.join(timeout)
 
 
 def resolved_for(manifest: ModelManifest, cameras: list[str], url: str, *, protocol: str, shm: str, batch: int,

@@ -24,6 +24,11 @@ messages are acknowledged, so nothing overtakes them. So messages reach the brok
 broker outages and process restarts (a new publisher on the same spool directory re-sends what is left).
 A message may arrive twice (PUBACK lost, or a crash between PUBACK and the spool delete): consumers
 de-duplicate by event_id. Memory stays bounded: at most `window` messages are held outside the spool.
+When the spool cannot write (disk full, I/O error) nothing stops: new messages wait in a bounded memory
+queue (`memory_max`, oldest dropped and counted past it) and are published from there; `make_room()` (the
+evidence store's shedding) is asked to free space first. Once the spool writes again the memory messages not
+yet handed to paho move into it, ahead of newer ones. Messages only in memory are lost if the process dies:
+that is the price of a full disk, and `disk_full` / edgecv_disk_full{what="spool"} say so.
 (Residual race, accepted: a whole reconnect, which paho starts only after reconnect_min_s of backoff,
 would have to happen inside one non-blocking publish() call for a message to overtake a re-sent one.)
 """
@@ -33,12 +38,13 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 from os import PathLike
 
 import paho.mqtt.client as mqtt
 
-from app.alerts.spool import Spool
+from app.alerts.spool import Spool, SpoolItem, SpoolWriteError
 from app.pipeline.types import Event
 
 log = logging.getLogger(__name__)
@@ -80,6 +86,8 @@ class AlertPublisher:
         metrics=None,
         spool_max_items: int = 1_000_000,
         spool_synchronous: str = "FULL",
+        memory_max: int = 10_000,
+        make_room: Callable[[], int] | None = None,
     ):
         if not 0 < reconnect_min_s <= reconnect_max_s:
             raise ValueError(f"need 0 < reconnect_min_s <= reconnect_max_s, got {reconnect_min_s}, {reconnect_max_s}")
@@ -88,7 +96,17 @@ class AlertPublisher:
         self.host, self.port, self.keepalive, self.window = host, port, keepalive, max(1, window)
         self.metrics = metrics
         self._dropped_reported = 0
-        self.spool = Spool(spool_dir, max_items=spool_max_items, synchronous=spool_synchronous)
+        self._spool_args = (spool_dir, spool_max_items, spool_synchronous)
+        self.spool: Spool | None = None
+        self.memory_max, self.make_room = max(1, memory_max), make_room
+        self._memory: deque[SpoolItem] = deque()  # messages the spool could not take; seq = memory number
+        self._mem_next = 1
+        self._mem_sent = 0  # newest memory number handed to paho
+        self.memory_dropped = 0
+        self.disk_full = False
+        self.errors = 0  # sender iterations that failed (logged, backed off, carried on)
+        self._unremoved: list[int] = []  # acknowledged, but the spool could not delete them yet
+        self._open_spool()
 
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
@@ -150,8 +168,13 @@ class AlertPublisher:
 
     @property
     def pending(self) -> int:
-        """Messages not yet acknowledged by the broker (all of them are on disk)."""
-        return len(self.spool)
+        """Messages not yet acknowledged by the broker (on disk, or in memory while the disk is full)."""
+        return (len(self.spool) if self.spool is not None else 0) + len(self._memory)
+
+    @property
+    def alive(self) -> bool:
+        """False once started and the sender thread has died (it should not: each turn's errors are caught)."""
+        return self._thread is None or self._thread.is_alive()
 
     @property
     def in_flight(self) -> int:
@@ -162,21 +185,29 @@ class AlertPublisher:
     def wait_flushed(self, timeout: float) -> bool:
         """Wait until the broker acknowledged everything spooled; False on timeout."""
         with self._cv:
-            return self._cv.wait_for(lambda: len(self.spool) == 0, timeout)
+            return self._cv.wait_for(lambda: self.pending == 0, timeout)
 
     def close(self, drain_timeout: float = 2.0) -> None:
-        """Stop: give the broker up to drain_timeout s to acknowledge the spool; what is left stays on disk."""
+        """Stop: give the broker up to drain_timeout s to acknowledge the spool; what is left stays on disk
+        (messages held in memory are written to the spool if it has room again, else logged as lost)."""
         if self._thread is not None:
             if drain_timeout > 0 and self._connected:
                 self.wait_flushed(drain_timeout)
             with self._cv:
                 self._stopping = True
                 self._cv.notify_all()
-            self._thread.join()
+            self._thread.join(5.0)
             self._thread = None
             self.client.disconnect()
             self.client.loop_stop()
-        self.spool.close()
+        with self._cv:
+            if self._memory:
+                self._mem_sent = 0  # in flight or not, the broker has not acknowledged them: keep them all
+                self._store([])
+            if self._memory:
+                log.error("%d alert(s) lost: held in memory, the spool still cannot write", len(self._memory))
+        if self.spool is not None:
+            self.spool.close()
 
     def __enter__(self) -> AlertPublisher:
         return self.start()
@@ -186,12 +217,77 @@ class AlertPublisher:
 
     # --- internals --------------------------------------------------------------------------------
 
+    def _open_spool(self) -> bool:
+        if self.spool is None:
+            path, max_items, synchronous = self._spool_args
+            try:
+                self.spool = Spool(path, max_items=max_items, synchronous=synchronous)
+            except SpoolWriteError as exc:  # a fresh spool on a full disk: run from memory until it has room
+                self._set_disk_full(True, exc)
+                return False
+        return True
+
     def _spool(self, messages: Iterable[tuple[str, bytes]]) -> None:
-        if self.spool.extend(list(messages)):
-            self._set_depth()
-            with self._cv:
-                self._unsent = True
-                self._cv.notify_all()
+        messages = list(messages)
+        if not messages:
+            return
+        with self._cv:
+            self._store(messages)
+            self._unsent = True
+            self._cv.notify_all()
+        self._set_depth()
+
+    def _store(self, messages: list[tuple[str, bytes]]) -> None:
+        """Commit the memory messages not yet sent, then `messages`, to the spool; what it cannot take
+        stays in (or goes to) memory. Called under self._cv."""
+        unsent = [m for m in self._memory if m.seq > self._mem_sent]
+        rows = [(m.topic, m.payload) for m in unsent] + messages
+        for attempt in (1, 2):
+            try:
+                if not self._open_spool():
+                    raise SpoolWriteError("the spool could not be created", disk_full=True)
+                self.spool.extend(rows)
+            except SpoolWriteError as exc:
+                if attempt == 1 and exc.disk_full and self.make_room is not None and self._shed():
+                    continue
+                self._set_disk_full(True, exc)
+                for topic, payload in messages:
+                    self._remember(topic, payload)
+                return
+            break
+        moved = {m.seq for m in unsent}
+        self._memory = deque(m for m in self._memory if m.seq not in moved)
+        self._set_disk_full(False)
+
+    def _shed(self) -> bool:
+        try:
+            return self.make_room() > 0
+        except Exception:
+            log.exception("making room for the spool failed")
+            return False
+
+    def _remember(self, topic: str, payload: bytes) -> None:
+        self._memory.append(SpoolItem(self._mem_next, topic, payload))
+        self._mem_next += 1
+        while len(self._memory) > self.memory_max:
+            # The oldest not handed to paho yet goes (in-flight ones are about to be acknowledged).
+            victim = next((m for m in self._memory if m.seq > self._mem_sent), self._memory[0])
+            self._memory.remove(victim)
+            self.memory_dropped += 1
+            if self.metrics is not None:
+                self.metrics.alerts_dropped.inc()
+            if self.memory_dropped in (1, 100, 10_000):
+                log.error("alert memory queue full (%d): %d alert(s) dropped", self.memory_max, self.memory_dropped)
+
+    def _set_disk_full(self, full: bool, exc: Exception | None = None) -> None:
+        if full and not self.disk_full:
+            log.error("alert spool cannot write (%s): alerts are held in memory (at most %d) and still published",
+                      exc, self.memory_max)
+        elif not full and self.disk_full:
+            log.warning("alert spool writes again: alerts held in memory are on disk now")
+        self.disk_full = full
+        if self.metrics is not None:
+            self.metrics.disk_full.labels("spool").set(1 if full else 0)
 
     def _can_send(self) -> bool:
         # Carried-over messages (sent in an earlier connection) are being re-sent by paho: wait for them.
@@ -203,42 +299,86 @@ class AlertPublisher:
         )
 
     def _pump(self) -> None:
-        """Sender thread: remove acknowledged messages from the spool, keep the window of in-flight ones full."""
+        """Sender thread: remove acknowledged messages from the spool, keep the window of in-flight ones full.
+        A failing turn (say the spool's delete on a full disk) is logged, counted and retried after a pause."""
+        backoff = 0.1
         while True:
-            with self._cv:
-                self._cv.wait_for(lambda: self._stopping or self._acked or self._can_send(), timeout=1.0)
-                acked, self._acked = self._acked, []
-                done = [self._inflight.pop(mid)[0] for mid in acked if mid in self._inflight]
-                room = self.window - len(self._inflight) if not self._stopping and self._can_send() else 0
-                if room:
-                    self._unsent = False
-                epoch, after = self._epoch, self._last_seq
-            if done:
-                self.spool.remove(done)
-                self._set_depth()
+            try:
+                if self._pump_once():
+                    return
+                backoff = 0.1
+            except Exception:
+                self.errors += 1
                 if self.metrics is not None:
-                    self.metrics.alerts_published.inc(len(done))
+                    self.metrics.thread_errors.labels("alerts-sender").inc()
+                log.exception("alert sender: one turn failed; retrying in %.1fs", backoff)
                 with self._cv:
-                    self._cv.notify_all()  # wake wait_flushed
-            if self._stopping:
-                return
-            if room:
-                self._send(self.spool.peek(room, after=after), epoch)
+                    self._cv.wait_for(lambda: self._stopping, timeout=backoff)
+                    if self._stopping:
+                        return
+                backoff = min(backoff * 2, 5.0)
 
-    def _send(self, batch: list, epoch: int) -> None:
+    def _pump_once(self) -> bool:
+        """One turn of the sender; True when stopping."""
+        with self._cv:
+            self._cv.wait_for(
+                lambda: self._stopping or self._acked or self._can_send() or self._unremoved, timeout=1.0
+            )
+            acked, self._acked = self._acked, []
+            done = [self._inflight.pop(mid)[0] for mid in acked if mid in self._inflight]
+            delivered = {-k for k in done if k < 0}  # memory messages are keyed by their negated number
+            if delivered:
+                self._memory = deque(m for m in self._memory if m.seq not in delivered)
+            room = self.window - len(self._inflight) if not self._stopping and self._can_send() else 0
+            if room:
+                self._unsent = False
+            epoch, after = self._epoch, self._last_seq
+            remove, self._unremoved = self._unremoved + [k for k in done if k > 0], []
+        if done and self.metrics is not None:
+            self.metrics.alerts_published.inc(len(done))
+        if remove and self.spool is not None:
+            try:
+                self.spool.remove(remove)
+            except SpoolWriteError:
+                with self._cv:  # acknowledged, never re-sent by this process; deleted once the disk allows
+                    self._unremoved = remove + self._unremoved
+                raise
+        if done or remove:
+            self._set_depth()
+            with self._cv:
+                self._cv.notify_all()  # wake wait_flushed
+        if self._stopping:
+            return True
+        if room:
+            batch = [(i.seq, i.topic, i.payload) for i in self.spool.peek(room, after=after)] if self.spool else []
+            if len(batch) < room:
+                with self._cv:  # picked and marked under the lock: _store must not move them meanwhile
+                    fresh = [m for m in self._memory if m.seq > self._mem_sent][: room - len(batch)]
+                    if fresh:
+                        self._mem_sent = fresh[-1].seq
+                batch += [(-m.seq, m.topic, m.payload) for m in fresh]
+            self._send(batch, epoch)
+        return False
+
+    def _send(self, batch: list[tuple[int, str, bytes]], epoch: int) -> None:
         sent: dict[int, tuple[int, int]] = {}
-        for item in batch:
+        for key, topic, payload in batch:
             # Not under self._cv: paho calls on_publish holding its own lock, which would deadlock.
-            info = self.client.publish(item.topic, item.payload, qos=1)
+            info = self.client.publish(topic, payload, qos=1)
             # NO_CONN: the connection dropped just now; paho keeps the message and sends it on reconnect.
             if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-                log.warning("publish of spooled message %d returned %s; retrying later", item.seq, info.rc)
+                log.warning("publish of message %d returned %s; retrying later", key, info.rc)
+                if key < 0:  # a memory message: hand it out again next turn
+                    with self._cv:
+                        self._mem_sent = min(self._mem_sent, -key - 1)
                 break
-            sent[info.mid] = (item.seq, epoch)
+            sent[info.mid] = (key, epoch)
         with self._cv:
             self._inflight.update(sent)
+            spooled = [k for k, _ in sent.values() if k > 0]
+            if spooled:
+                self._last_seq = max(self._last_seq, *spooled)
             if sent:
-                self._last_seq = max(seq for seq, _ in sent.values())
                 self._unsent = True  # more may be waiting behind these
             self._cv.notify_all()
 
@@ -253,7 +393,9 @@ class AlertPublisher:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self._connected:
-            log.warning("disconnected from MQTT broker %s:%s (%s)", self.host, self.port, reason_code)
+            # Our own disconnect at close() is no warning; a broker going away is.
+            level = logging.INFO if self._stopping and not reason_code.is_failure else logging.WARNING
+            log.log(level, "disconnected from MQTT broker %s:%s (%s)", self.host, self.port, reason_code)
         self._set_connected(False)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
@@ -269,11 +411,15 @@ class AlertPublisher:
             self.metrics.mqtt_connected.set(1 if up else 0)
 
     def _set_depth(self) -> None:
+        spool = self.spool
+        if spool is None:
+            return
         if self.metrics is not None:
-            self.metrics.alerts_spooled.set(len(self.spool))
+            self.metrics.alerts_spooled.set(len(spool))
+            self.metrics.alerts_in_memory.set(len(self._memory))
             # Counter mirrors the spool's own count of messages dropped when full.
-            self.metrics.alerts_dropped.inc(self.spool.dropped - self._dropped_reported)
-        self._dropped_reported = self.spool.dropped
+            self.metrics.alerts_dropped.inc(spool.dropped - self._dropped_reported)
+        self._dropped_reported = spool.dropped
 
 
 def _encode(payload: dict) -> bytes:

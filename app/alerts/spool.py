@@ -31,6 +31,14 @@ class SpoolLocked(RuntimeError):
     """Another process already uses this spool directory."""
 
 
+class SpoolWriteError(OSError):
+    """The spool could not commit (disk full, I/O error); nothing of the failed call was stored."""
+
+    def __init__(self, message: str, disk_full: bool):
+        super().__init__(message)
+        self.disk_full = disk_full
+
+
 @dataclass(frozen=True, slots=True)
 class SpoolItem:
     seq: int  # increasing, never reused: the send order
@@ -65,15 +73,23 @@ class Spool:
             raise SpoolLocked(f"{self.directory}: spool is in use by another process (lock on spool.lock)") from None
         try:
             self._db = self._open(synchronous)
+        except sqlite3.OperationalError as e:
+            if _write_error(self.path, e).disk_full:  # not corrupt, only no room to create it: keep the file
+                self._lockfile.close()
+                raise _write_error(self.path, e) from e
+            self._db = self._set_aside(e, synchronous)
         except sqlite3.DatabaseError as e:
-            aside = self.path.with_name(f"{DB_NAME}.corrupt-{int(time.time())}")
-            log.error("%s: unreadable spool (%s); moved to %s, starting a new one", self.path, e, aside.name)
-            for suffix in ("", "-wal", "-shm"):
-                src = Path(f"{self.path}{suffix}")
-                if src.exists():
-                    src.rename(f"{aside}{suffix}")
-            self._db = self._open(synchronous)
+            self._db = self._set_aside(e, synchronous)
         self._count = self._db.execute("SELECT COUNT(*) FROM spool").fetchone()[0]
+
+    def _set_aside(self, e: sqlite3.DatabaseError, synchronous: str) -> sqlite3.Connection:
+        aside = self.path.with_name(f"{DB_NAME}.corrupt-{int(time.time())}")
+        log.error("%s: unreadable spool (%s); moved to %s, starting a new one", self.path, e, aside.name)
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                src.rename(f"{aside}{suffix}")
+        return self._open(synchronous)
 
     def _open(self, synchronous: str) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -100,8 +116,8 @@ class Spool:
         if not rows:
             return []
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._db.execute("BEGIN IMMEDIATE")
                 seqs = [
                     self._db.execute("INSERT INTO spool (topic, payload, created) VALUES (?, ?, ?)", r).lastrowid
                     for r in rows
@@ -112,8 +128,11 @@ class Spool:
                         "DELETE FROM spool WHERE seq IN (SELECT seq FROM spool ORDER BY seq LIMIT ?)", (over,)
                     )
                 self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                self._rollback()
+                raise _write_error(self.path, exc) from exc
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
             self._count += len(rows) - max(over, 0)
             if over > 0:
@@ -135,14 +154,26 @@ class Spool:
         if not seqs:
             return
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._db.execute("BEGIN IMMEDIATE")
                 removed = self._db.executemany("DELETE FROM spool WHERE seq = ?", [(s,) for s in seqs]).rowcount
                 self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                self._rollback()
+                raise _write_error(self.path, exc) from exc
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
             self._count -= removed
+
+    def _rollback(self) -> None:
+        # SQLite may already have rolled back itself (it does on SQLITE_FULL): a second ROLLBACK would
+        # raise "no transaction is active" and hide the real error.
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                log.error("%s: rollback failed: %s", self.path, exc)
 
     def __len__(self) -> int:
         return self._count
@@ -161,3 +192,9 @@ class Spool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _write_error(path: Path, exc: sqlite3.OperationalError) -> SpoolWriteError:
+    text = str(exc)
+    full = "full" in text.lower() or getattr(exc, "sqlite_errorcode", None) == 13  # SQLITE_FULL
+    return SpoolWriteError(f"{path}: cannot write the spool: {text}", disk_full=full)

@@ -8,6 +8,7 @@ and renamed into place, so the uploader never sees half a package.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -166,11 +167,13 @@ class EvidencePackager:
         self._flush_due(t)
 
     def on_event(self, event: Event) -> bool:
-        """Schedule evidence for `event`; False when retention refuses (no disk budget)."""
-        if not self.admit():
+        """Schedule evidence for `event`; False when retention refuses (admit() gives False or its reason)."""
+        room = self.admit()
+        if room is not True:
+            reason = room or "budget"
             if self.metrics:
-                self.metrics.evidence_refused.inc()
-            log.warning("evidence refused for %s: disk budget exhausted by un-uploaded evidence", event.event_id)
+                self.metrics.evidence_refused.labels(reason).inc()
+            log.warning("evidence refused for %s: no room (%s)", event.event_id, reason)
             return False
         with self.lock:
             self.pending.append(_Pending(event, event.time + self.config.post_roll_s))
@@ -231,8 +234,11 @@ class EvidencePackager:
             if self.metrics:
                 self.metrics.evidence_written.inc()
             return final
-        except Exception:  # a failed package must not kill the encoder thread
+        except Exception as exc:  # a failed package must not kill the encoder thread
             log.exception("evidence for %s failed", event.event_id)
+            if self.metrics:  # counted: ENOSPC and friends must show on the dashboard, not only in a log
+                full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+                self.metrics.evidence_refused.labels("disk_full" if full else "write_failed").inc()
             shutil.rmtree(tmp, ignore_errors=True)
             return None
 

@@ -2,15 +2,21 @@
 
 Each package directory (written atomically by app.evidence.packager) is uploaded to the evidence store
 (S3 API) under `<prefix>/<event_id>/`, then marked with a `.uploaded` file. Retention keeps the
-local directory under its disk budget by deleting the OLDEST UPLOADED packages first, and never
-deletes a package that is not uploaded: when only un-uploaded packages remain over budget, new
-evidence is refused (app.evidence.packager counts it in edgecv_evidence_refused_total) until the store is
-back and the uploads catch up.
+local directory under its disk budget AND the file system above a free-space floor (bytes and percent:
+the budget alone keeps filling a small disk) by deleting the OLDEST UPLOADED packages first, and never
+deletes a package that is not uploaded: when only un-uploaded packages remain, new evidence is refused
+(counted in edgecv_evidence_refused_total{reason="budget"|"free_space"}) until the uploads catch up.
+The one exception is `shed()`: when the alert spool on the same disk cannot write, alerts win and the
+oldest evidence goes, uploaded or not (counted, reason "shed").
+
+The disk walks tolerate the packager renaming or deleting its `.tmp-*` folders under them (they are
+skipped), and the uploader thread survives any failure of one pass (logged, counted, backed off).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 from collections.abc import Callable
@@ -25,7 +31,22 @@ CONTENT_TYPES = {".json": "application/json", ".mp4": "video/mp4", ".jpg": "imag
 
 
 def dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    """Bytes in the files under `path`, skipping hidden (temporary) folders and files that vanish meanwhile."""
+    total = 0
+    for top, dirs, files in os.walk(path, onerror=lambda _: None):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # the packager's .tmp-* folders come and go
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(top, name)).st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def free_space(path: Path) -> tuple[int, float]:
+    """(bytes free, percent free) of the file system holding `path`."""
+    usage = shutil.disk_usage(path)
+    return usage.free, 100.0 * usage.free / max(1, usage.total)
 
 
 class EvidenceStore:
@@ -37,11 +58,16 @@ class EvidenceStore:
         client_factory: Callable[[], object],
         budget_bytes: int,
         metrics: Metrics | None = None,
+        min_free_bytes: int = 0,
+        min_free_percent: float = 0.0,
     ):
         self.root, self.bucket, self.prefix = Path(root), bucket, prefix.strip("/")
         self.client_factory = client_factory  # a boto3 S3 client factory (endpoint set for tests)
         self.budget_bytes = budget_bytes
+        self.min_free_bytes, self.min_free_percent = min_free_bytes, min_free_percent
         self.metrics = metrics
+        self.shed_count = 0
+        self.admission_reason: str | None = None  # why the newest admission said no (None: it said yes)
         self._client = None
         self.root.mkdir(parents=True, exist_ok=True)
 
@@ -53,8 +79,16 @@ class EvidenceStore:
 
     def packages(self) -> list[Path]:
         """Complete packages, oldest first (temp directories of packages being written are skipped)."""
-        dirs = [d for d in self.root.iterdir() if d.is_dir() and not d.name.startswith(".")]
-        return sorted(dirs, key=lambda d: (d.stat().st_mtime, d.name))
+        dated = []
+        for d in self.root.iterdir():
+            if d.name.startswith("."):
+                continue
+            try:
+                if d.is_dir():
+                    dated.append((d.stat().st_mtime, d.name, d))
+            except FileNotFoundError:  # deleted meanwhile (retention, shed)
+                pass
+        return [d for *_, d in sorted(dated)]
 
     @staticmethod
     def is_uploaded(package: Path) -> bool:
@@ -94,12 +128,17 @@ class EvidenceStore:
     def usage(self) -> int:
         return dir_bytes(self.root)
 
+    def short_of_space(self) -> bool:
+        """True when the file system is under its free-space floor (bytes or percent)."""
+        free, percent = free_space(self.root)
+        return free < self.min_free_bytes or percent < self.min_free_percent
+
     def enforce_budget(self) -> int:
-        """Delete the oldest uploaded packages while over budget. Returns bytes freed."""
+        """Delete the oldest uploaded packages while over budget or under the free-space floor. Returns bytes freed."""
         freed = 0
         used = self.usage()
         for package in self.packages():
-            if used <= self.budget_bytes:
+            if used <= self.budget_bytes and not self.short_of_space():
                 break
             if self.is_uploaded(package):
                 size = dir_bytes(package)
@@ -109,10 +148,39 @@ class EvidenceStore:
         self._report(used)
         return freed
 
-    def has_room(self) -> bool:
-        """The packager's admission check: is there room after deleting uploaded evidence?"""
+    def admission(self) -> bool | str:
+        """The packager's admission check after deleting uploaded evidence: True, or why not
+        ("budget": local evidence over its budget; "free_space": the file system under its floor)."""
         self.enforce_budget()
-        return self.usage() < self.budget_bytes
+        verdict: bool | str = True
+        if self.usage() >= self.budget_bytes:
+            verdict = "budget"
+        elif self.short_of_space():
+            verdict = "free_space"
+        self.admission_reason = None if verdict is True else verdict
+        if self.metrics:
+            self.metrics.disk_full.labels("evidence").set(1 if verdict == "free_space" else 0)
+        return verdict
+
+    def has_room(self) -> bool:
+        return self.admission() is True
+
+    def shed(self) -> int:
+        """Make room for alerts on a full disk: delete the oldest package (uploaded ones first, then any).
+        Returns bytes freed (0: nothing left to delete)."""
+        packages = self.packages()
+        uploaded = [p for p in packages if self.is_uploaded(p)]
+        for package in (uploaded or packages)[:1]:
+            size = dir_bytes(package)
+            shutil.rmtree(package, ignore_errors=True)
+            if package not in uploaded:
+                self.shed_count += 1
+                log.error("evidence %s deleted before upload: the alert spool needed the space", package.name)
+                if self.metrics:
+                    self.metrics.evidence_refused.labels("shed").inc()
+            self._report()
+            return max(size, 1)
+        return 0
 
     def _report(self, used: int | None = None) -> None:
         if self.metrics:
@@ -121,19 +189,28 @@ class EvidenceStore:
 
 
 class Uploader(threading.Thread):
-    """Background loop: upload pending evidence, enforce the budget; waits longer after failures."""
+    """Background loop: upload pending evidence, enforce the budget; waits longer after failures.
+    A pass that raises (a disk walk racing the packager, a full disk) is logged, counted and retried."""
 
     def __init__(self, store: EvidenceStore, interval_s: float = 2.0, max_backoff_s: float = 60.0):
         super().__init__(name="evidence-uploader", daemon=True)
         self.store, self.interval_s, self.max_backoff_s = store, interval_s, max_backoff_s
         self.stopping = threading.Event()
+        self.errors = 0
 
     def run(self) -> None:
         wait = self.interval_s
         while not self.stopping.is_set():
-            self.store.upload_pending()
-            self.store.enforce_budget()
-            failed = bool(self.store.pending())
+            try:
+                self.store.upload_pending()
+                self.store.enforce_budget()
+                failed = bool(self.store.pending())
+            except Exception:
+                self.errors += 1
+                if self.store.metrics:
+                    self.store.metrics.thread_errors.labels(self.name).inc()
+                log.exception("evidence uploader: pass failed; retrying")
+                failed = True
             wait = min(wait * 2, self.max_backoff_s) if failed else self.interval_s
             self.stopping.wait(wait)
 

@@ -9,6 +9,10 @@ the same arrays travel in the request and response bodies.
 Requests run on a pool of `max_inflight` worker threads (the bound on requests in flight); results come
 back through `results()`, in completion order, and the pipeline releases each slot when done with it.
 
+Every call to Triton has a deadline (gRPC client_timeout; the HTTP client's connection and network
+timeouts): inference takes request_timeout_s, the control calls (model ready, shared-memory register and
+unregister) take control_timeout_s, so a frozen server (SIGSTOP) can hold neither start-up nor shutdown.
+
 Triton going away (restart, crash): failed requests come back as errors (the pipeline drops and counts the
 frames), `ready` turns False (health degraded) and a monitor thread polls until the model is ready again,
 then re-registers the shared memory (a new server knows nothing of it) and turns `ready` back on.
@@ -76,6 +80,7 @@ class TritonInfer:
         max_inflight: int = 2,
         shared_memory: bool = False,
         request_timeout_s: float = 5.0,
+        control_timeout_s: float | None = None,
         poll_s: float = 1.0,
         metrics=None,
         on_result: Callable[[], None] | None = None,
@@ -86,6 +91,7 @@ class TritonInfer:
         self.model_name = model_name or manifest.name
         self.max_batch, self.max_inflight = max_batch, max_inflight
         self.request_timeout_s, self.poll_s = request_timeout_s, poll_s
+        self.control_timeout_s = control_timeout_s if control_timeout_s is not None else min(request_timeout_s, 2.0)
         self.metrics, self.on_result = metrics, on_result
         # The tensors as served: uint8 frames when preprocessing is fused into the graph, one fixed-size
         # detections output when it decodes on the server (the artifact's own tensors otherwise).
@@ -102,7 +108,8 @@ class TritonInfer:
         self._free: list[BufferSlot] = []
         self._slots_made = False
         self._lock = threading.Lock()
-        self._inflight = 0
+        self._inflight = 0  # submitted and not finished (queued for a worker or running)
+        self._running = 0  # on the wire now: what the in-flight gauge shows
         self._regions: list[tuple[str, str, int, Any]] = []  # (triton name, key, size, handle)
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -171,46 +178,57 @@ class TritonInfer:
             self._make_slots(self.max_inflight + 1)
             self._slots_made = True
         deadline = time.monotonic() + ready_timeout_s
-        while not self._check_ready():
+        while not self._ready_and_registered():
             if cancel is not None and cancel.is_set():
-                self.close()
+                self.close(0)
                 raise InterruptedError("stopped while waiting for Triton")
             if time.monotonic() > deadline:
-                self.close()
+                self.close(0)
                 raise TimeoutError(f"model '{self.model_name}' not ready on {self.protocol}://{self.url} "
                                    f"after {ready_timeout_s:.0f}s")
             time.sleep(0.2)
-        try:
-            self._register()
-        except Exception as exc:
-            self.close()
-            raise RuntimeError(f"Triton at {self.url} refused our system shared memory ({_describe(exc)}); "
-                               "shared_memory: on needs Triton on this host") from exc
         self._set_ready(True)
         self._pool = ThreadPoolExecutor(self.max_inflight, thread_name_prefix="infer")
         self._monitor = threading.Thread(target=self._watch, name="triton-monitor", daemon=True)
         self._monitor.start()
         return self
 
+    def _ready_and_registered(self) -> bool:
+        if not self._check_ready():
+            return False
+        try:
+            self._register()
+        except Exception as exc:
+            if _kind(exc) == "server":
+                self.close(0)
+                raise RuntimeError(f"Triton at {self.url} refused our system shared memory ({_describe(exc)}); "
+                                   "shared_memory: on needs Triton on this host") from exc
+            self._drop_client()  # timed out or went away between the two calls: keep waiting
+            return False
+        return True
+
     def close(self, drain_timeout_s: float = 5.0) -> None:
-        """Wait for requests in flight (up to drain_timeout_s), stop, unregister and free shared memory."""
+        """Wait for requests in flight (up to drain_timeout_s), stop, unregister and free shared memory.
+        Bounded: every call here has a deadline; requests still running after drain_timeout_s are left
+        to their own deadline (their results are not read any more)."""
         deadline = time.monotonic() + drain_timeout_s
         while self._inflight and time.monotonic() < deadline:
             time.sleep(0.01)
         self._stop.set()
         self._wake.set()
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(wait=not self._inflight, cancel_futures=True)
         if self._monitor is not None:
-            self._monitor.join(5)
+            self._monitor.join(max(0.1, deadline - time.monotonic()) + self.control_timeout_s)
         with self._lock:
             self._free = []  # no views into the regions may outlive them
         if self._regions:
             try:
                 for name, *_ in self._regions:
-                    self._client().unregister_system_shared_memory(name)
-            except Exception as exc:  # the server may be gone; the regions are ours to free regardless
+                    self._client().unregister_system_shared_memory(name, **self._deadline(self.control_timeout_s))
+            except Exception as exc:  # the server may be gone or frozen; the regions are ours to free regardless
                 log.debug("unregister shared memory: %s", exc)
+            self._drop_client()
             for *_, handle in self._regions:
                 shm.destroy_shared_memory_region(handle)
             self._regions = []
@@ -225,8 +243,9 @@ class TritonInfer:
             raise ValueError(f"batch of {n}, max_batch is {self.max_batch}")
         with self._lock:
             self._inflight += 1
+            queued = self._inflight - self._running
         if self.metrics is not None:
-            self.metrics.inflight.set(self._inflight)
+            self.metrics.inference_queued.set(queued)
         self._pool.submit(self._run, slot, n, context)
 
     def results(self) -> list[Result]:
@@ -242,19 +261,32 @@ class TritonInfer:
         return self._request(slot, n)
 
     def _run(self, slot: BufferSlot, n: int, context: Any) -> None:
+        self._count_running(+1)
         t0 = time.perf_counter()
         try:
             outputs, error = self._request(slot, n), None
         except Exception as exc:  # any failure: the frames are dropped, Triton's health re-checked
             outputs, error = None, _describe(exc)
             self._failed(exc)
-        with self._lock:
-            self._inflight -= 1
-        if self.metrics is not None:
-            self.metrics.inflight.set(self._inflight)
+        self._count_running(-1, finished=True)
         self._results.put(Result(slot, n, context, outputs, error, time.perf_counter() - t0))
         if self.on_result is not None:
             self.on_result()
+
+    def _count_running(self, delta: int, finished: bool = False) -> None:
+        # The gauge counts requests on the wire (at most max_inflight), not those waiting for a worker.
+        with self._lock:
+            self._running += delta
+            if finished:
+                self._inflight -= 1
+            running, queued = self._running, self._inflight - self._running
+        if self.metrics is not None:
+            self.metrics.inflight.set(running)
+            self.metrics.inference_queued.set(queued)
+
+    def _deadline(self, seconds: float) -> dict:
+        """The per-call deadline argument (gRPC); the HTTP client has its timeouts set at construction."""
+        return {"client_timeout": seconds} if self.protocol == "grpc" else {}
 
     def _request(self, slot: BufferSlot, n: int) -> dict[str, np.ndarray]:
         mod = self._module
@@ -275,8 +307,7 @@ class TritonInfer:
             else:
                 inp.set_data_from_numpy(slot.input[:n])
                 outs = [mod.InferRequestedOutput(o.name) for o in self.output_specs]
-        kwargs = {"client_timeout": self.request_timeout_s} if self.protocol == "grpc" else {}
-        response = self._client().infer(self.model_name, [inp], outputs=outs, **kwargs)
+        response = self._client().infer(self.model_name, [inp], outputs=outs, **self._deadline(self.request_timeout_s))
         if self.shared_memory:
             return {o.name: slot.outputs[o.name][:n] for o in self.output_specs}
         result = {}
@@ -296,15 +327,14 @@ class TritonInfer:
             if self.protocol == "grpc":
                 client = self._module.InferenceServerClient(self.url)
             else:
-                timeout = self.request_timeout_s
-                client = self._module.InferenceServerClient(self.url, connection_timeout=timeout,
-                                                            network_timeout=timeout)
+                client = self._module.InferenceServerClient(self.url, connection_timeout=self.control_timeout_s,
+                                                            network_timeout=self.request_timeout_s)
             self._local.client = client
         return client
 
     def _check_ready(self) -> bool:
         try:
-            return bool(self._client().is_model_ready(self.model_name))
+            return bool(self._client().is_model_ready(self.model_name, **self._deadline(self.control_timeout_s)))
         except Exception:  # connection refused, server starting: simply not ready
             self._drop_client()  # a fresh connection next time
             return False
@@ -318,12 +348,14 @@ class TritonInfer:
 
     def _register(self) -> None:
         client = self._client()
+        deadline = self._deadline(self.control_timeout_s)
         for name, key, size, _ in self._regions:
             try:
-                client.unregister_system_shared_memory(name)
-            except InferenceServerException:
-                pass
-            client.register_system_shared_memory(name, key, size)
+                client.unregister_system_shared_memory(name, **deadline)
+            except InferenceServerException as exc:
+                if _kind(exc) == "timeout":
+                    raise
+            client.register_system_shared_memory(name, key, size, **deadline)
 
     def _failed(self, exc: Exception) -> None:
         self.errors += 1
@@ -334,6 +366,11 @@ class TritonInfer:
         self._set_ready(False)
         self._wake.set()
 
+    @property
+    def alive(self) -> bool:
+        """False once started and the monitor thread has died."""
+        return self._monitor is None or self._monitor.is_alive() or self._stop.is_set()
+
     def _watch(self) -> None:
         """Poll the model's readiness; after an outage re-register shared memory before turning ready."""
         while not self._stop.is_set():
@@ -341,16 +378,26 @@ class TritonInfer:
             self._wake.clear()
             if self._stop.is_set():
                 return
-            ok = self._check_ready()
-            if ok and not self.ready:
-                try:
-                    self._register()
-                except Exception as exc:
-                    log.warning("re-registering shared memory failed: %s", _describe(exc))
-                    ok = False
-            if ok != self.ready:
-                log.warning("triton %s", "ready again" if ok else "not ready")
-                self._set_ready(ok)
+            try:
+                self._watch_once()
+            except Exception:  # the monitor must outlive any one failure
+                log.exception("triton monitor: check failed; retrying")
+                if self.metrics is not None:
+                    self.metrics.thread_errors.labels("triton-monitor").inc()
+                self._stop.wait(self.poll_s)
+
+    def _watch_once(self) -> None:
+        ok = self._check_ready()
+        if ok and not self.ready:
+            try:
+                self._register()
+            except Exception as exc:
+                log.warning("re-registering shared memory failed: %s", _describe(exc))
+                self._drop_client()
+                ok = False
+        if ok != self.ready:
+            log.warning("triton %s", "ready again" if ok else "not ready")
+            self._set_ready(ok)
 
     def _set_ready(self, up: bool) -> None:
         self.ready = up

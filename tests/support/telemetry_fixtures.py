@@ -41,7 +41,7 @@ class Feeder:
         m.camera_up.labels("dock").set(0)
         m.camera_target_fps.labels("gate").set(10)
         m.camera_target_fps.labels("dock").set(10)
-        m.evidence_refused.inc(0)
+        m.evidence_refused.labels("budget").inc(0)
         m.drift.labels("psi").set(0.05)
         m.drift_alarm.labels("psi").set(0)
 
@@ -54,7 +54,7 @@ class Feeder:
         self._thread.join(5)
 
     def refuse_evidence(self) -> None:
-        self.m.evidence_refused.inc()
+        self.m.evidence_refused.labels("budget").inc()
 
     def _run(self) -> None:
         m, rng = self.m, self.rng

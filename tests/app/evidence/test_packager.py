@@ -105,7 +105,7 @@ def test_refused_when_retention_says_no_room(tmp_path: Path):
     p = EvidencePackager(EvidenceConfig(dir=tmp_path), CLASSES, metrics, admit=lambda: False)
     feed(p, 0, 10)
     assert not p.on_event(event(1000.5))
-    assert metrics.evidence_refused._value.get() == 1
+    assert metrics.evidence_refused.labels("budget")._value.get() == 1
     assert p.flush_all() == []
     p.close()
 
