@@ -54,7 +54,9 @@ def test_report_from_the_apps_histograms_close_to_the_exact_percentiles():
 def test_status_endpoint():
     m = Metrics()
     m.frames.labels("gate").inc(3)
-    state = {"loop_alive": True, "triton_ready": False, "cameras": {"gate": True, "yard": False}}
+    state = {"loop_alive": True, "triton_ready": False, "cameras": {"gate": True, "yard": False},
+             "camera_errors": {"yard": "refused: connection refused by 10.0.0.9:554"}, "dead_threads": [],
+             "disk_full": []}
     server = StatusServer(m.registry, lambda: state, host="127.0.0.1", port=0).start()
     base = f"http://127.0.0.1:{server.port}"
     try:
@@ -62,7 +64,18 @@ def test_status_endpoint():
         r = requests.get(f"{base}/readyz", timeout=5)
         assert r.status_code == 503 and r.json()["reasons"] == ["triton model not ready"]
         h = requests.get(f"{base}/healthz", timeout=5)
-        assert h.status_code == 200 and h.json() == {"status": "degraded", "triton_ready": False, "cameras_down": ["yard"]}
+        assert h.status_code == 200 and h.json() == {
+            "status": "degraded", "triton_ready": False, "cameras_down": ["yard"],
+            "camera_errors": {"yard": "refused: connection refused by 10.0.0.9:554"}, "disk_full": [],
+            "dead_threads": [],
+        }
+        state.update(triton_ready=True, cameras={"gate": True, "yard": True}, disk_full=["spool"])
+        h = requests.get(f"{base}/healthz", timeout=5)
+        assert h.status_code == 200 and h.json()["status"] == "degraded" and h.json()["disk_full"] == ["spool"]
+        state.update(disk_full=[], dead_threads=["evidence-uploader"])  # a restart would help: say so
+        h = requests.get(f"{base}/healthz", timeout=5)
+        assert h.status_code == 503 and h.json()["status"] == "dead_thread"
+        state.update(dead_threads=[], triton_ready=False, cameras={"gate": True, "yard": False})
         state["triton_ready"] = True
         assert requests.get(f"{base}/readyz", timeout=5).json() == {"ready": True, "cameras_up": ["gate"], "reasons": []}
         state["cameras"] = {"gate": False, "yard": False}
