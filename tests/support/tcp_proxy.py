@@ -87,7 +87,7 @@ class TcpProxy:
                     if not data:
                         return
                     peer[s].sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # closed under us by close()
             pass
         finally:
             for s in (client, upstream):
