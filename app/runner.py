@@ -214,7 +214,7 @@ class Pipeline:
         m.restarts.inc()
         m.model_info.labels(self.manifest.name, self.manifest.version).set(1)
         timeout = self.resolved.config.triton.ready_timeout_s if ready_timeout_s is None else ready_timeout_s
-        self.infer.start(timeout, cancel=self._stop)
+        self.infer.start(timeout, cancel=self._stop, on_wait=self._ping_watchdog)
         if self.evidence is not None and not self.evidence.is_alive():
             self.evidence.start()
         for s in self.sources:
@@ -443,9 +443,10 @@ class Pipeline:
     def _ping_watchdog(self) -> None:
         """WATCHDOG=1 while the loop turns and every thread lives: systemd restarts a process that stops."""
         every = self.notifier.watchdog_interval_s
-        if every is None or self.last_tick - self._pinged < min(every, 5.0):
+        now = time.monotonic()
+        if every is None or now - self._pinged < min(every, 5.0):
             return
-        self._pinged = self.last_tick
+        self._pinged = now
         dead = self.dead_threads()
         if dead:
             log.error("not pinging the systemd watchdog: dead thread(s) %s", ", ".join(dead))
@@ -492,6 +493,7 @@ class AppRunner:
 
         cfg = resolved.config
         self.metrics = metrics or Metrics()
+        self._spool_dir = cfg.spool_dir
         publisher = pipeline_kw.pop("publisher", None)
         if publisher is None and cfg.mqtt is not None:
             from app.alerts.publisher import AlertPublisher
@@ -557,8 +559,7 @@ class AppRunner:
 
     def _make_room(self) -> int:
         """The alert spool's disk is full: shed evidence on the same file system (alerts matter more)."""
-        cfg = self.pipeline.resolved.config if hasattr(self, "pipeline") else None
-        if self.store is None or cfg is None or not _same_disk(cfg.spool_dir, self.store.root):
+        if self.store is None or not _same_disk(self._spool_dir, self.store.root):
             return 0
         return self.store.shed()
 

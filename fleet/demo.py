@@ -307,9 +307,11 @@ def run_live(seconds: float, protocol: str = "grpc", manifest_path: Path = DEFAU
             url = server.grpc_url if protocol == "grpc" else server.http_url
             template = yaml.safe_load(config_template.read_text())
             bucket = (template.get("evidence") or {}).get("store", {}).get("bucket")
-            with local_s3(bucket) as s3_url:
+            s3_log = Path(tempfile.gettempdir()) / "edgecv-demo-s3.log"
+            with local_s3(bucket, log_path=s3_log) as s3_url:
                 if s3_url:
-                    console.print(f"evidence store: S3 emulator (moto) on {s3_url}, bucket {bucket}")
+                    console.print(f"evidence store: S3 emulator (moto) on {s3_url}, bucket {bucket} "
+                                  f"(access log: {s3_log})")
                 cfg_path = demo_config(config_template, tmp / "app.yaml", triton_url=url, protocol=protocol,
                                        rtsp_url=camera.url, video=video, mqtt_port=broker.port,
                                        metrics_port=free_port(), manifest=Path(manifest_path).resolve(),

@@ -171,9 +171,10 @@ class TritonInfer:
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
-    def start(self, ready_timeout_s: float = 120.0, cancel: threading.Event | None = None) -> TritonInfer:
+    def start(self, ready_timeout_s: float = 120.0, cancel: threading.Event | None = None,
+              on_wait: Callable[[], None] | None = None) -> TritonInfer:
         """Wait until the model is ready (TimeoutError after ready_timeout_s; InterruptedError when `cancel`
-        is set meanwhile), then register shared memory."""
+        is set meanwhile; `on_wait()` each poll, e.g. to keep a watchdog fed), then register shared memory."""
         if not self._slots_made:
             self._make_slots(self.max_inflight + 1)
             self._slots_made = True
@@ -186,6 +187,8 @@ class TritonInfer:
                 self.close(0)
                 raise TimeoutError(f"model '{self.model_name}' not ready on {self.protocol}://{self.url} "
                                    f"after {ready_timeout_s:.0f}s")
+            if on_wait is not None:
+                on_wait()
             time.sleep(0.2)
         self._set_ready(True)
         self._pool = ThreadPoolExecutor(self.max_inflight, thread_name_prefix="infer")

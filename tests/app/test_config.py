@@ -107,3 +107,22 @@ def test_invalid_yaml_and_missing_sections(site):
     assert any(": cameras: Field required" in p for p in problems_of(path))
     with pytest.raises(ValidationFailed, match="cameras"):
         load_config(path)
+
+
+@pytest.mark.parametrize("url, message", [
+    ("rtsp://", "has no host"),
+    ("rtsp://:554/stream1", "has no host"),
+    ("rtsp://10.0.0.21:99999/stream1", "invalid port"),
+    ("rtsp://cam-gate.invalid:554/stream1", "host 'cam-gate.invalid' does not resolve"),
+])
+def test_camera_urls_are_checked_like_the_triton_url(site, url, message):
+    path = write(site, GOOD.replace("rtsp://10.0.0.21:554/stream1", url))
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:{line_of(path, url)}: cameras[0].url:") and message in problem, problem
+
+
+def test_drain_bound_defaults_to_ten_seconds_and_is_checked(site):
+    assert load_config(write(site, GOOD)).config.drain_timeout_s == 10.0
+    path = write(site, GOOD + "drain_timeout_s: 0\n")
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:{line_of(path, 'drain_timeout_s')}: drain_timeout_s:")

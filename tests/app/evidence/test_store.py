@@ -119,3 +119,91 @@ def test_oldest_uploaded_goes_first(s3_server, tmp_path: Path):
     store.enforce_budget()
     assert [p.name for p in store.packages()] == ["e1", "e2"]
     assert store.has_room()
+
+
+def test_disk_walks_survive_the_packager_renaming_its_temp_folders(s3_server, tmp_path: Path):
+    # The packager builds each package in .tmp-<id> and renames it into place (or deletes it): a walk that
+    # stats files it listed a moment earlier used to die of FileNotFoundError (and took the uploader with it).
+    import threading
+
+    store = EvidenceStore(tmp_path, BUCKET, "s/d", client_factory(s3_server.port), budget_bytes=1 << 30)
+    stop = threading.Event()
+
+    def churn():
+        k = 0
+        while not stop.is_set():
+            tmp = tmp_path / f".tmp-{k}"
+            tmp.mkdir()
+            for i in range(30):
+                (tmp / f"f{i}").write_bytes(b"x")
+            if k % 2:
+                os.rename(tmp, tmp_path / f"pkg-{k}")
+            else:
+                for f in tmp.iterdir():
+                    f.unlink()
+                tmp.rmdir()
+            k += 1
+
+    t = threading.Thread(target=churn, daemon=True)
+    t.start()
+    try:
+        errors = []
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                store.usage()
+                store.admission()
+            except OSError as exc:
+                errors.append(exc)
+        assert errors == []
+    finally:
+        stop.set()
+        t.join(5)
+
+
+def test_uploader_outlives_a_failing_pass_and_counts_it(s3_server, tmp_path: Path):
+    import shutil
+
+    client_factory(s3_server.port)().create_bucket(Bucket=BUCKET)
+    metrics = Metrics()
+    root = tmp_path / "evidence"
+    store = EvidenceStore(root, BUCKET, "s/d", client_factory(s3_server.port), 10 << 20, metrics)
+    uploader = Uploader(store, interval_s=0.05, max_backoff_s=0.2)
+    uploader.start()
+    try:
+        shutil.rmtree(root)  # the evidence folder vanishes under the uploader (a remount, an operator)
+        deadline = time.monotonic() + 10
+        while metrics.thread_errors.labels("evidence-uploader")._value.get() < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert metrics.thread_errors.labels("evidence-uploader")._value.get() >= 2
+        assert uploader.is_alive()
+        root.mkdir()
+        make_package(root, "evt-back")
+        deadline = time.monotonic() + 10
+        while store.pending() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.pending() == [] and "s/d/evt-back/event.json" in keys(s3_server.port)
+    finally:
+        uploader.stop()
+
+
+def test_free_space_floor_refuses_evidence_and_says_why(s3_server, tmp_path: Path):
+    client_factory(s3_server.port)().create_bucket(Bucket=BUCKET)
+    metrics = Metrics()
+    free = shutil_free(tmp_path)
+    store = EvidenceStore(tmp_path, BUCKET, "s/d", client_factory(s3_server.port), 1 << 40, metrics,
+                          min_free_bytes=free * 2)  # a floor above what the disk has: nothing may be kept
+    make_package(tmp_path, "up", age=1)
+    store.upload_pending()
+    make_package(tmp_path, "not-up", age=2)
+    assert store.admission() == "free_space"
+    assert [p.name for p in store.packages()] == ["not-up"]  # the uploaded one went first; the other stays
+    assert metrics.disk_full.labels("evidence")._value.get() == 1
+    store.min_free_bytes = 0
+    assert store.admission() is True and metrics.disk_full.labels("evidence")._value.get() == 0
+
+
+def shutil_free(path: Path) -> int:
+    import shutil
+
+    return shutil.disk_usage(path).free
