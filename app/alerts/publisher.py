@@ -169,7 +169,8 @@ class AlertPublisher:
     @property
     def pending(self) -> int:
         """Messages not yet acknowledged by the broker (on disk, or in memory while the disk is full)."""
-        return (len(self.spool) if self.spool is not None else 0) + len(self._memory)
+        on_disk = len(self.spool) - len(self._unremoved) if self.spool is not None else 0
+        return on_disk + len(self._memory)
 
     @property
     def alive(self) -> bool:
@@ -321,9 +322,7 @@ class AlertPublisher:
     def _pump_once(self) -> bool:
         """One turn of the sender; True when stopping."""
         with self._cv:
-            self._cv.wait_for(
-                lambda: self._stopping or self._acked or self._can_send() or self._unremoved, timeout=1.0
-            )
+            self._cv.wait_for(lambda: self._stopping or self._acked or self._can_send(), timeout=1.0)
             acked, self._acked = self._acked, []
             done = [self._inflight.pop(mid)[0] for mid in acked if mid in self._inflight]
             delivered = {-k for k in done if k < 0}  # memory messages are keyed by their negated number
@@ -339,10 +338,13 @@ class AlertPublisher:
         if remove and self.spool is not None:
             try:
                 self.spool.remove(remove)
-            except SpoolWriteError:
-                with self._cv:  # acknowledged, never re-sent by this process; deleted once the disk allows
+            except SpoolWriteError as exc:
+                # Even a delete needs room in SQLite's journal. Acknowledged, so never re-sent by this process;
+                # deleted at a later turn once the disk allows (re-sent after a restart before that: a duplicate).
+                with self._cv:
                     self._unremoved = remove + self._unremoved
-                raise
+                self._set_disk_full(True, exc)
+                remove = []
         if done or remove:
             self._set_depth()
             with self._cv:

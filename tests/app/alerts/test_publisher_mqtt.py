@@ -224,3 +224,39 @@ def test_messages_in_flight_when_the_broker_dies_are_resent_before_newer_ones(br
     finally:
         pub.close()
         sub.close()
+
+
+def test_full_disk_keeps_publishing_from_memory_and_spools_again_when_there_is_room(broker, tmp_path):
+    # A real full file system: a 1 MB tmpfs under the spool, filled to its last byte.
+    from tests.support.fault_harness import fill, small_fs
+
+    metrics = Metrics()
+    sub = Subscriber(broker.port)
+    with small_fs(tmp_path / "disk", 1) as disk:
+        pub = publisher(broker.port, disk / "spool", metrics=metrics).start()
+        try:
+            wait(lambda: pub.connected)
+            pub.publish_events([event(k) for k in range(5)])
+            filler = fill(disk)
+            for k in range(5, 205):  # no exception may reach the caller (the pipeline loop)
+                pub.publish_event(event(k))
+            assert pub.disk_full and metrics.disk_full.labels("spool")._value.get() == 1
+            assert len(sub.wait_unique(205)) == 205  # published straight from memory meanwhile
+            wait(lambda: pub.pending == 0)
+            filler.unlink()
+            pub.publish_events([event(k) for k in range(205, 210)])
+            assert not pub.disk_full and metrics.disk_full.labels("spool")._value.get() == 0
+            assert len(sub.wait_unique(210)) == 210
+            assert pub.alive and pub.memory_dropped == 0
+        finally:
+            pub.close()
+            sub.close()
+
+
+def test_our_own_disconnect_is_not_a_warning(broker, tmp_path, caplog):
+    pub = publisher(broker.port, tmp_path / "spool").start()
+    wait(lambda: pub.connected)
+    with caplog.at_level("INFO", logger="app.alerts.publisher"):
+        pub.close()
+    said = [r for r in caplog.records if "disconnected" in r.getMessage()]
+    assert said and all(r.levelname == "INFO" for r in said), [(r.levelname, r.getMessage()) for r in said]
