@@ -83,12 +83,25 @@ def rtsp_camera_config(cam_id: str, url: str, fps: float = 4, timeout_ms: int = 
 
 def wait_for(cond, timeout: float, what: str, every: float = 0.1, log=None) -> float:
     """Seconds until cond() is truthy; AssertionError after timeout (with the app's log tail when given)."""
+    took = measure(cond, timeout, every)
+    if took is None:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f"\n{log()}" if log else ""))
+    return took
+
+
+def measure(cond, timeout: float, every: float = 0.1) -> float | None:
+    """Seconds until cond() is truthy, None after timeout: a figure for the table, asserted at the end (so a
+    run against an app that fails one step still measures the next ones)."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         if cond():
             return time.monotonic() - t0
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f"\n{log()}" if log else ""))
+    return None
+
+
+def within(value: float | None, bound: float) -> bool:
+    return value is not None and value <= bound
 
 
 class EventLog:

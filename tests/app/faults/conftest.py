@@ -42,6 +42,15 @@ def s3(monkeypatch):
         server.stop()
 
 
+@pytest.fixture(autouse=True)
+def healthy_triton(triton_server):
+    """Every fault test starts on a Triton that answers (a test before may have left it wedged)."""
+    if triton_server.proc.poll() is not None or not triton_server.ready():
+        triton_server.stop()
+        triton_server.start()
+    return triton_server
+
+
 @pytest.fixture
 def frozen_triton(triton_server):
     """freeze()/thaw() the session's Triton (SIGSTOP/SIGCONT to its process group); thawed at teardown."""

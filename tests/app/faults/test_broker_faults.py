@@ -11,7 +11,16 @@ import time
 
 import pytest
 
-from tests.support.fault_harness import AppProcess, EventLog, app_config, file_camera, ledger, record, wait_for
+from tests.support.fault_harness import (
+    AppProcess,
+    EventLog,
+    app_config,
+    file_camera,
+    ledger,
+    measure,
+    record,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -44,7 +53,7 @@ def test_broker_flapping_then_killed_loses_no_event(tmp_path, triton_server, bro
             time.sleep(1.0)
         fig["spool_depth_before_stop"] = app.metric("edgecv_alert_spool_depth")
         fig["rc"], fig["sigterm_s"] = app.sigterm(60)
-        wait_for(lambda: len(events.unique()) >= app.events_produced(), 15, "every event at the subscriber")
+        measure(lambda: len(events.unique()) >= app.events_produced(), 15)  # every event at the subscriber
         fig.update(ledger(app, events))
         fig["shm_left"] = app.shm_regions()
     finally:

@@ -21,10 +21,12 @@ from tests.support.fault_harness import (
     app_config,
     file_camera,
     ledger,
+    measure,
     record,
     rtsp_camera_config,
     video,
     wait_for,
+    within,
 )
 from tests.support.tcp_proxy import TcpProxy
 
@@ -58,26 +60,22 @@ def test_frozen_and_killed_camera_are_detected_with_a_reason_and_recovered(tmp_p
         # 1. Frozen stream, connection held open.
         proxy.freeze()
         file_before = app.metric("edgecv_frames_processed_total", camera="file")
-        fig["stall_detect_s"] = wait_for(lambda: camera_down_because(app, "stalled"), 30,
-                                         "the frozen camera marked down as stalled", log=app.log)
+        fig["stall_detect_s"] = measure(lambda: camera_down_because(app), 30)
         fig["stall_reason"] = camera_down_because(app)
         fig["health_while_stalled"] = app.health()[1].get("status")
         time.sleep(2)
         fig["file_frames_during_stall"] = app.metric("edgecv_frames_processed_total", camera="file") - file_before
         proxy.thaw()
-        fig["stall_recover_s"] = wait_for(lambda: app.metric("edgecv_camera_up", camera="rtsp") == 1, 60,
-                                          "the camera back after the stall", log=app.log)
+        fig["stall_recover_s"] = measure(lambda: app.metric("edgecv_camera_up", camera="rtsp") == 1, 60)
 
         # 2. Camera server killed, restarted on the same port.
         cam.kill()
-        fig["kill_detect_s"] = wait_for(lambda: camera_down_because(app), 30, "the killed camera marked down",
-                                        log=app.log)
+        fig["kill_detect_s"] = measure(lambda: camera_down_because(app), 30)
         time.sleep(1.5)
         fig["kill_reason"] = camera_down_because(app)
         cam.start()
-        fig["kill_recover_s"] = wait_for(lambda: app.metric("edgecv_camera_up", camera="rtsp") == 1, 60,
-                                         "the camera back after its restart", log=app.log)
-        wait_for(lambda: len(events.unique()) >= 3, 60, "events", log=app.log)
+        fig["kill_recover_s"] = measure(lambda: app.metric("edgecv_camera_up", camera="rtsp") == 1, 60)
+        measure(lambda: len(events.unique()) >= 3, 60)
 
         # 3. SIGTERM while the stream is frozen.
         proxy.freeze()
@@ -93,11 +91,12 @@ def test_frozen_and_killed_camera_are_detected_with_a_reason_and_recovered(tmp_p
         app.kill()
         proxy.close()
         cam.stop()
-    assert fig["stall_detect_s"] <= READ_S + 1.5, fig
+    assert within(fig["stall_detect_s"], READ_S + 1.5), fig
+    assert (fig["stall_reason"] or "").startswith("stalled"), fig
     assert fig["health_while_stalled"] == "degraded" and fig["file_frames_during_stall"] >= 4
-    assert fig["stall_recover_s"] <= 25
-    assert fig["kill_detect_s"] <= READ_S + 2 and fig["kill_reason"] != "(no reason given)", fig
-    assert fig["kill_recover_s"] <= 25
+    assert within(fig["stall_recover_s"], 25)
+    assert within(fig["kill_detect_s"], READ_S + 2) and fig["kill_reason"] != "(no reason given)", fig
+    assert within(fig["kill_recover_s"], 25)
     assert fig["dead_threads"] == []
     assert fig["rc"] == 0 and fig["sigterm_s"] <= DRAIN_S + 6, fig
     assert fig["lost"] == 0 and fig["duplicates"] == 0, fig

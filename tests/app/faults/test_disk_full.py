@@ -20,9 +20,11 @@ from tests.support.fault_harness import (
     file_camera,
     fill,
     ledger,
+    measure,
     record,
     small_fs,
     wait_for,
+    within,
 )
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -45,8 +47,7 @@ def test_full_spool_disk_keeps_the_pipeline_running_and_loses_nothing(tmp_path, 
             app.wait_ready()
             wait_for(lambda: len(events.unique()) >= 3, 90, "the first events", log=app.log)
             filler = fill(data)
-            fig["detect_s"] = wait_for(lambda: disk_full(app, "spool") or not app.alive(), DETECT_S + 20,
-                                       "/healthz to say the spool's disk is full", log=app.log)
+            fig["detect_s"] = measure(lambda: disk_full(app, "spool") or not app.alive(), DETECT_S + 20)
             received = len(events.unique())
             t_full = time.monotonic()
             while time.monotonic() - t_full < 8 and app.alive():
@@ -58,10 +59,8 @@ def test_full_spool_disk_keeps_the_pipeline_running_and_loses_nothing(tmp_path, 
             fig["memory_depth"] = app.metric("edgecv_alert_memory_depth")
             filler.unlink()
             if app.alive():
-                fig["recover_s"] = wait_for(lambda: not disk_full(app, "spool"), RECOVER_S, "the spool writing again",
-                                            log=app.log)
-                wait_for(lambda: len(events.unique()) > received + fig["received_while_full"], 30,
-                         "events after the disk has room again", log=app.log)
+                fig["recover_s"] = measure(lambda: not disk_full(app, "spool"), RECOVER_S)
+                measure(lambda: len(events.unique()) > received + fig["received_while_full"], 30)
                 fig["dead_threads"] = app.health()[1].get("dead_threads")
                 fig["rc"], fig["sigterm_s"] = app.sigterm(60)
             time.sleep(1.0)  # the last PUBACKed messages reach our subscriber
@@ -72,9 +71,9 @@ def test_full_spool_disk_keeps_the_pipeline_running_and_loses_nothing(tmp_path, 
             events.close()
             app.kill()
     assert fig["alive_on_full_disk"], f"the app died on a full disk (exit {fig['exit_code_on_full_disk']})"
-    assert fig["detect_s"] <= DETECT_S
+    assert within(fig["detect_s"], DETECT_S)
     assert fig["received_while_full"] > 0, "alerts must still be published (from memory) while the disk is full"
-    assert fig["recover_s"] <= RECOVER_S
+    assert within(fig["recover_s"], RECOVER_S)
     assert fig["dead_threads"] == []
     assert fig["rc"] == 0 and fig["sigterm_s"] <= DRAIN_S + 6
     assert fig["lost"] == 0 and fig["duplicates"] == 0 and fig["sent"] > 0, fig
@@ -108,8 +107,7 @@ def test_full_data_disk_sheds_evidence_for_alerts_and_counts_refusals(tmp_path, 
             # Below the floor, above zero: retention must refuse new evidence (and say why).
             floor_filler = fill(data, leave_bytes=6 << 20)
             before = refused()
-            fig["floor_detect_s"] = wait_for(lambda: refused() > before or not app.alive(), 30,
-                                             "evidence refused under the free-space floor", log=app.log)
+            fig["floor_detect_s"] = measure(lambda: refused() > before or not app.alive(), 30)
             fig["refused_free_space"] = refused("free_space")
             # Now really full: the spool must still take alerts (evidence shed) or hold them in memory.
             received = len(events.unique())
@@ -125,26 +123,26 @@ def test_full_data_disk_sheds_evidence_for_alerts_and_counts_refusals(tmp_path, 
             floor_filler.unlink()
             if app.alive():
                 written = app.metric("edgecv_evidence_written_total")
-                fig["recover_s"] = wait_for(lambda: app.metric("edgecv_evidence_written_total") > written, 30,
-                                            "evidence written again", log=app.log)
+                fig["recover_s"] = measure(lambda: app.metric("edgecv_evidence_written_total") > written, 30)
                 fig["refused_by_reason"] = {r: refused(r) for r in ("budget", "free_space", "disk_full",
                                                                     "write_failed", "shed")}
+                fig["refused_total"] = refused()
                 fig["rc"], fig["sigterm_s"] = app.sigterm(60)
             time.sleep(1.0)
             fig.update(ledger(app, events))
             fig["evidence_written"] = app.summary().get("evidence", {}).get("written") if app.summary() else None
             listing = client.list_objects_v2(Bucket=BUCKET).get("Contents", [])
             fig["evidence_uploaded"] = len({o["Key"].split("/")[2] for o in listing if o["Key"].endswith("event.json")})
-            fig["thread_errors_logged"] = app.log(10**7).count("pass failed")
+            fig["evidence_errors_logged"] = app.log(10**7).count("evidence for ")
             fig["shm_left"] = app.shm_regions()
         finally:
             record("evidence + spool disk full", **fig)
             events.close()
             app.kill()
-    assert fig["floor_detect_s"] <= 20 and fig["refused_free_space"] > 0, fig
+    assert within(fig["floor_detect_s"], 20) and fig["refused_free_space"] > 0, fig
     assert fig["alive_on_full_disk"] and fig["received_while_full"] > 0, fig
     assert fig["dead_threads_while_full"] == []
-    assert fig["recover_s"] <= 30
+    assert within(fig["recover_s"], 30)
     assert fig["rc"] == 0 and fig["sigterm_s"] <= DRAIN_S + 6
     assert fig["lost"] == 0 and fig["duplicates"] == 0, fig
     assert fig["evidence_uploaded"] > 0 and fig["shm_left"] == []

@@ -12,7 +12,17 @@ import time
 
 import pytest
 
-from tests.support.fault_harness import AppProcess, EventLog, app_config, file_camera, ledger, record, wait_for
+from tests.support.fault_harness import (
+    AppProcess,
+    EventLog,
+    app_config,
+    file_camera,
+    ledger,
+    measure,
+    record,
+    wait_for,
+    within,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -40,14 +50,15 @@ def test_frozen_triton_is_detected_recovered_and_does_not_hold_shutdown(tmp_path
         app.wait_ready()
         wait_for(lambda: len(events.unique()) >= 3, 90, "the first events", log=app.log)
         frozen_triton.freeze()
-        fig["detect_s"] = wait_for(lambda: triton_down(app), 60, "Triton seen down", log=app.log)
+        fig["detect_s"] = measure(lambda: triton_down(app), 60)
         frozen_triton.thaw()
-        fig["recover_s"] = wait_for(app.ready, 60, "ready again after Triton thawed", log=app.log)
-        processed = app.metric("edgecv_frames_processed_total")
-        wait_for(lambda: app.metric("edgecv_frames_processed_total") > processed + 5, 30, "frames flowing again")
+        fig["recover_s"] = measure(app.ready, 60)
+        processed = app.metric("edgecv_frames_processed_total") or 0
+        fig["frames_flow_again_s"] = measure(
+            lambda: (app.metric("edgecv_frames_processed_total") or 0) > processed + 5, 30)
         fig["inflight_max"] = app.metric("edgecv_inference_inflight")
         frozen_triton.freeze()  # and now stop the app while Triton hangs
-        wait_for(lambda: triton_down(app), 60, "Triton seen down again", log=app.log)
+        measure(lambda: triton_down(app), 60)
         fig["rc"], fig["sigterm_s"] = app.sigterm(150)
         frozen_triton.thaw()
         time.sleep(1.0)
@@ -58,8 +69,8 @@ def test_frozen_triton_is_detected_recovered_and_does_not_hold_shutdown(tmp_path
         record("triton SIGSTOP (+ SIGTERM while frozen)", **fig)
         events.close()
         app.kill()
-    assert fig["detect_s"] <= DETECT_S
-    assert fig["recover_s"] <= 15
+    assert within(fig["detect_s"], DETECT_S)
+    assert within(fig["recover_s"], 15) and within(fig["frames_flow_again_s"], 15), fig
     assert fig["rc"] == 0 and fig["sigterm_s"] <= DRAIN_S + 6, fig
     assert fig["lost"] == 0 and fig["duplicates"] == 0 and fig["sent"] > 0, fig
     assert fig["shm_left"] == []
@@ -98,15 +109,16 @@ def test_triton_killed_mid_request_recovers_without_an_app_restart(tmp_path, tri
         app.wait_ready()
         wait_for(lambda: len(events.unique()) >= 3, 90, "the first events", log=app.log)
         starts = app.metric("edgecv_app_starts_total")
-        wait_for(lambda: app.metric("edgecv_inference_inflight") > 0, 10, "a request in flight", every=0.01)
+        measure(lambda: (app.metric("edgecv_inference_inflight") or 0) > 0, 10, every=0.01)  # kill mid-request
         triton_server.kill()
-        fig["detect_s"] = wait_for(lambda: triton_down(app), 60, "Triton seen down", log=app.log)
+        fig["detect_s"] = measure(lambda: triton_down(app), 60)
         t0 = time.monotonic()
         triton_server.start()
         fig["triton_restart_s"] = time.monotonic() - t0
-        fig["recover_s"] = wait_for(app.ready, 60, "ready after Triton restarted", log=app.log)
-        processed = app.metric("edgecv_frames_processed_total")
-        wait_for(lambda: app.metric("edgecv_frames_processed_total") > processed + 5, 30, "frames flowing again")
+        fig["recover_s"] = measure(app.ready, 60)
+        processed = app.metric("edgecv_frames_processed_total") or 0
+        fig["frames_flow_again_s"] = measure(
+            lambda: (app.metric("edgecv_frames_processed_total") or 0) > processed + 5, 30)
         fig["same_process"] = app.metric("edgecv_app_starts_total") == starts
         fig["rc"], fig["sigterm_s"] = app.sigterm(60)
         time.sleep(1.0)
@@ -117,8 +129,8 @@ def test_triton_killed_mid_request_recovers_without_an_app_restart(tmp_path, tri
         record("triton SIGKILL mid-request", **fig)
         events.close()
         app.kill()
-    assert fig["detect_s"] <= DETECT_S
-    assert fig["recover_s"] <= 15 and fig["same_process"]
+    assert within(fig["detect_s"], DETECT_S)
+    assert within(fig["recover_s"], 15) and within(fig["frames_flow_again_s"], 15) and fig["same_process"]
     assert fig["rc"] == 0 and fig["sigterm_s"] <= DRAIN_S + 6
     assert fig["lost"] == 0 and fig["duplicates"] == 0, fig
     assert fig["shm_left"] == []
