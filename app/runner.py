@@ -243,7 +243,7 @@ class Pipeline:
 
     def drain(self, timeout_s: float | None = None) -> None:
         """Stop the cameras, send what is batched, handle the requests in flight (their events reach the
-        sinks), flush the sinks (evidence, then alerts), and only then close inference: all of it within
+        sinks), flush the sinks (alerts, evidence, review), and only then close inference: all of it within
         timeout_s (default: the config's drain_timeout_s), each step given a share of what is left."""
         self.notifier.stopping()
         t0 = time.monotonic()
@@ -605,7 +605,7 @@ class AppRunner:
         if p.review is not None and p.review.is_alive():
             p.review.stop(0)
         if self.uploader is not None:
-            self.uploader.stop(min(upload_s, 5.0))
+            self.uploader.stopping.set()  # not joined: it may be stuck on the store; the last pass is bounded
             last = threading.Thread(target=self.store.upload_pending, name="evidence-last-upload", daemon=True)
             last.start()
             last.join(upload_s)

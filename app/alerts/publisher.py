@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -352,7 +353,7 @@ class AlertPublisher:
         if self._stopping:
             return True
         if room:
-            batch = [(i.seq, i.topic, i.payload) for i in self.spool.peek(room, after=after)] if self.spool else []
+            batch = self._peek(room, after)
             if len(batch) < room:
                 with self._cv:  # picked and marked under the lock: _store must not move them meanwhile
                     fresh = [m for m in self._memory if m.seq > self._mem_sent][: room - len(batch)]
@@ -361,6 +362,15 @@ class AlertPublisher:
                 batch += [(-m.seq, m.topic, m.payload) for m in fresh]
             self._send(batch, epoch)
         return False
+
+    def _peek(self, room: int, after: int) -> list[tuple[int, str, bytes]]:
+        if self.spool is None:
+            return []
+        try:
+            return [(i.seq, i.topic, i.payload) for i in self.spool.peek(room, after=after)]
+        except sqlite3.Error as exc:  # even a read may need room (the WAL index): memory messages still go
+            self._set_disk_full(True, exc)
+            return []
 
     def _send(self, batch: list[tuple[int, str, bytes]], epoch: int) -> None:
         sent: dict[int, tuple[int, int]] = {}

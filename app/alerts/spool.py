@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -74,10 +75,9 @@ class Spool:
         try:
             self._db = self._open(synchronous)
         except sqlite3.OperationalError as e:
-            if _write_error(self.path, e).disk_full:  # not corrupt, only no room to create it: keep the file
-                self._lockfile.close()
-                raise _write_error(self.path, e) from e
-            self._db = self._set_aside(e, synchronous)
+            # Not corrupt (that is a plain DatabaseError): no room for its journal, an I/O error. Keep the file.
+            self._lockfile.close()
+            raise _write_error(self.path, e) from e
         except sqlite3.DatabaseError as e:
             self._db = self._set_aside(e, synchronous)
         self._count = self._db.execute("SELECT COUNT(*) FROM spool").fetchone()[0]
@@ -196,5 +196,11 @@ class Spool:
 
 def _write_error(path: Path, exc: sqlite3.OperationalError) -> SpoolWriteError:
     text = str(exc)
-    full = "full" in text.lower() or getattr(exc, "sqlite_errorcode", None) == 13  # SQLITE_FULL
+    # SQLITE_FULL says so; growing the WAL index on a full disk says "disk I/O error": look at the disk too.
+    full = "full" in text.lower() or getattr(exc, "sqlite_errorcode", None) == 13
+    if not full:
+        try:
+            full = shutil.disk_usage(path.parent).free < (256 << 10)
+        except OSError:
+            pass
     return SpoolWriteError(f"{path}: cannot write the spool: {text}", disk_full=full)

@@ -139,13 +139,14 @@ class EventLog:
 
 
 class AppProcess:
-    def __init__(self, work: Path, config: dict):
+    def __init__(self, work: Path, config: dict, run: int = 1):
+        """`run` > 1: the same device started again (same config and spool), with its own log."""
         self.work, self.config = work, config
         if APP_ROOT != REPO_ROOT:
             config = _without(config, BASELINE_UNKNOWN)
         self.path = work / f"{config['device_id']}.yaml"
         self.path.write_text(yaml.safe_dump(config, sort_keys=False))
-        self.log_path = work / f"{config['device_id']}.log"
+        self.log_path = work / f"{config['device_id']}-{run}.log"
         self.port = config["metrics"]["port"]
         self.proc: subprocess.Popen | None = None
         self.events_seen = 0.0  # newest edgecv_events_total read (what a crashed app had produced at least)
@@ -297,10 +298,11 @@ def record(fault: str, **figures) -> None:
         f.write(json.dumps(row, default=str) + "\n")
 
 
-def ledger(app: AppProcess, events: EventLog) -> dict:
-    """Events produced / received / still spooled / lost (produced, neither received nor spooled)."""
+def ledger(app: AppProcess, events: EventLog, earlier: tuple[AppProcess, ...] = ()) -> dict:
+    """Events produced (by app and the earlier runs of the same device) / received / still spooled / lost
+    (produced, neither received nor spooled)."""
     received = events.unique()
     spooled = app.spooled_ids()
-    produced = app.events_produced()
+    produced = app.events_produced() + sum(a.events_produced() for a in earlier)
     return {"sent": produced, "received": len(received), "spooled": len(spooled - received),
             "lost": max(0, produced - len(received | spooled)), "duplicates": events.duplicates()}

@@ -37,47 +37,61 @@ def disk_full(app: AppProcess, what: str) -> bool:
 
 
 def test_full_spool_disk_keeps_the_pipeline_running_and_loses_nothing(tmp_path, triton_server, broker):
+    """Full while running, SIGTERM and a restart on the still-full disk (it used to crash-loop), then room."""
     fig: dict = {}
     with small_fs(tmp_path / "data", 4) as data:
         cfg = app_config(tmp_path, "spool-full", triton_server.grpc_url, broker.port, [file_camera()],
                          spool_dir=str(data / "spool"), drain_timeout_s=DRAIN_S)
         events = EventLog(broker.port, "spool-full")
-        app = AppProcess(tmp_path, cfg).start()
+        first = app = AppProcess(tmp_path, cfg).start()
         try:
             app.wait_ready()
             wait_for(lambda: len(events.unique()) >= 3, 90, "the first events", log=app.log)
             filler = fill(data)
             fig["detect_s"] = measure(lambda: disk_full(app, "spool") or not app.alive(), DETECT_S + 20)
-            received = len(events.unique())
-            t_full = time.monotonic()
-            while time.monotonic() - t_full < 8 and app.alive():
-                app.metric("edgecv_events_total")
-                time.sleep(0.5)
-            fig["alive_on_full_disk"] = app.alive()
-            fig["exit_code_on_full_disk"] = app.proc.poll()
-            fig["received_while_full"] = len(events.unique()) - received
-            fig["memory_depth"] = app.metric("edgecv_alert_memory_depth")
+            fig.update(hold_full(app, events, 8))
+            if app.alive():
+                fig["rc_on_full_disk"], fig["sigterm_on_full_disk_s"] = app.sigterm(60)
+            # Restarted on the still-full disk: it must come up and stay up, publishing from memory.
+            app = AppProcess(tmp_path, cfg, run=2).start()
+            app.wait_ready()
+            fig["restart"] = hold_full(app, events, 8)
             filler.unlink()
             if app.alive():
                 fig["recover_s"] = measure(lambda: not disk_full(app, "spool"), RECOVER_S)
-                measure(lambda: len(events.unique()) > received + fig["received_while_full"], 30)
+                received = len(events.unique())
+                measure(lambda: len(events.unique()) > received, 30)
                 fig["dead_threads"] = app.health()[1].get("dead_threads")
                 fig["rc"], fig["sigterm_s"] = app.sigterm(60)
             time.sleep(1.0)  # the last PUBACKed messages reach our subscriber
-            fig.update(ledger(app, events))
-            fig["shm_left"] = app.shm_regions()
+            fig.update(ledger(app, events, earlier=(first,)))
+            fig["shm_left"] = first.shm_regions() + app.shm_regions()
         finally:
-            record("spool disk full", **fig)
+            record("spool disk full (+ SIGTERM and restart on the full disk)", **fig)
             events.close()
+            first.kill()
             app.kill()
     assert fig["alive_on_full_disk"], f"the app died on a full disk (exit {fig['exit_code_on_full_disk']})"
     assert within(fig["detect_s"], DETECT_S)
     assert fig["received_while_full"] > 0, "alerts must still be published (from memory) while the disk is full"
+    assert fig["rc_on_full_disk"] == 0 and fig["sigterm_on_full_disk_s"] <= DRAIN_S + 6
+    assert fig["restart"]["alive_on_full_disk"] and fig["restart"]["received_while_full"] > 0, fig
     assert within(fig["recover_s"], RECOVER_S)
     assert fig["dead_threads"] == []
     assert fig["rc"] == 0 and fig["sigterm_s"] <= DRAIN_S + 6
     assert fig["lost"] == 0 and fig["duplicates"] == 0 and fig["sent"] > 0, fig
     assert fig["shm_left"] == []
+
+
+def hold_full(app: AppProcess, events: EventLog, seconds: float) -> dict:
+    """Keep watching the app for `seconds` on the full disk: does it live, do alerts still get out?"""
+    received = len(events.unique())
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds and app.alive():
+        app.metric("edgecv_events_total")
+        time.sleep(0.5)
+    return {"alive_on_full_disk": app.alive(), "exit_code_on_full_disk": app.proc.poll(),
+            "received_while_full": len(events.unique()) - received}
 
 
 def test_full_data_disk_sheds_evidence_for_alerts_and_counts_refusals(tmp_path, triton_server, broker, s3):
