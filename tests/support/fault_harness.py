@@ -158,7 +158,14 @@ class AppProcess:
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen([sys.executable, "-m", "fleet.cli", "app", "run", "--config", str(self.path)],
                                      cwd=APP_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        threading.Thread(target=self._count_events, name="events-sampler", daemon=True).start()
         return self
+
+    def _count_events(self) -> None:
+        # An app that crashes prints no summary: what it had produced is the newest count read before.
+        while self.alive():
+            self.metric("edgecv_events_total")
+            time.sleep(0.3)
 
     @property
     def pid(self) -> int:

@@ -44,8 +44,21 @@ def s3(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def healthy_triton(triton_server):
-    """Every fault test starts on a Triton that answers (a test before may have left it wedged)."""
-    if triton_server.proc.poll() is not None or not triton_server.ready():
+    """Every fault test starts on a Triton that answers on gRPC, what the app uses (a test before, run
+    against an app without deadlines, may have left it wedged)."""
+    import tritonclient.grpc as grpcclient
+
+    def answers() -> bool:
+        try:
+            client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+            try:
+                return client.is_model_ready("nanodet-m", client_timeout=3)
+            finally:
+                client.close()
+        except Exception:
+            return False
+
+    if triton_server.proc.poll() is not None or not triton_server.ready() or not answers():
         triton_server.stop()
         triton_server.start()
     return triton_server
