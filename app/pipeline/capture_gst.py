@@ -178,11 +178,13 @@ class GstCameraReader(CameraReader):
             src = GstSource(self.description, self.source)
         except Exception as exc:  # a missing element, an unparsable pipeline: reported, retried with backoff
             self.last_failure = str(exc)
+            self._set_error("open_failed", str(exc))  # /healthz and edgecv_camera_error say why
             log.warning("camera %s: %s", self.camera_id, exc)
             return None
         image, why = src.pull(self.open_timeout_ms / 1000)
         if image is None:
             self.last_failure = why
+            self._set_error("open_failed", f"no first frame within {self.open_timeout_ms} ms ({why})")
             log.warning("camera %s: no first frame within %d ms (%s)", self.camera_id, self.open_timeout_ms, why)
             src.release()
             return None
@@ -205,6 +207,9 @@ class GstCameraReader(CameraReader):
             image, why = src.pull(self.read_timeout_ms / 1000, convert=not capped)
             if why != "ok":
                 self.last_failure = why
+                if why == "stall":
+                    self._set_error("stalled", f"no frame for {self.read_timeout_ms} ms (connection open, no data)")
+                    self._stalled = True
                 if why != "eos" or self.is_stream:
                     log.warning("camera %s: %s", self.camera_id,
                                 f"no frame for {self.read_timeout_ms} ms" if why == "stall" else why)
