@@ -281,18 +281,16 @@ def fill(directory: Path, leave_bytes: int = 0) -> Path:
     """Write a filler file until the file system has leave_bytes free (0: until ENOSPC)."""
     filler = directory / f".filler-{uuid.uuid4().hex[:6]}"
     chunk = b"\0" * (64 << 10)
-    with filler.open("wb") as f:
+    with filler.open("wb", buffering=0) as f:  # unbuffered: ENOSPC comes from a write, never from close
         try:
             while True:
                 free = os.statvfs(directory).f_bavail * os.statvfs(directory).f_frsize
                 if leave_bytes and free <= leave_bytes + len(chunk):
                     f.write(b"\0" * max(0, free - leave_bytes))
-                    f.flush()
                     break
                 f.write(chunk)
-                f.flush()
         except OSError:
-            pass
+            pass  # full: what we wanted
     return filler
 
 
