@@ -1,4 +1,4 @@
-"""`edgecv review serve|add-user|add-token|ingest-evidence|export`."""
+"""`edgecv review serve|demo|add-user|disable-user|enable-user|add-token|revoke-token|ingest-evidence|export`."""
 
 from __future__ import annotations
 
@@ -58,20 +58,44 @@ def review() -> None:
 @click.option("--login-max-failures", type=int, default=5, show_default=True,
               help="failed sign-ins of one username within --login-window-minutes before it must wait")
 @click.option("--login-window-minutes", type=float, default=15.0, show_default=True)
+@click.option("--login-address-max-failures", type=int, default=20, show_default=True,
+              help="failed sign-ins from one client address within the window before it is refused (429)")
+@click.option("--image-url-allow", multiple=True, envvar="EDGECV_REVIEW_IMAGE_URL_ALLOW",
+              help="an evidence store items' image_url may point into (URL prefix; repeat). Default: none")
+@click.option("--max-body-mb", type=float, default=16.0, show_default=True, help="POST /api/items body cap")
 @click.option("--log-level", default="warning", show_default=True)
 def serve(db, data_dir, host, port, evidence_root, classes, claim_minutes, secure_cookies, login_max_failures,
-          login_window_minutes, log_level) -> None:
+          login_window_minutes, login_address_max_failures, image_url_allow, max_body_mb, log_level) -> None:
     """Run the web app (migrates the database first)."""
     import uvicorn
 
+    from fleet.review.storage import StorageError
     from fleet.review.web import create_app
 
     settings = _settings(db, data_dir, evidence_root, classes, claim_minutes=claim_minutes,
                          secure_cookies=secure_cookies, login_max_failures=login_max_failures,
-                         login_window_minutes=login_window_minutes)
-    app = create_app(settings)
-    click.echo(f"edgecv review on http://{host}:{port} ({app.state.review.db.dialect})", err=True)
+                         login_window_minutes=login_window_minutes,
+                         login_address_max_failures=login_address_max_failures,
+                         image_url_allow=list(image_url_allow), max_body_bytes=int(max_body_mb * (1 << 20)))
+    try:
+        app = create_app(settings)
+    except StorageError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"edgecv review on http://{host}:{port} · database: {app.state.review.db.describe()} "
+               f"· images: {settings.data_dir}", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+def _read_password(prompt: bool) -> str:
+    """From the terminal (asked twice) or one line of stdin; an empty one is an error that says so."""
+    if sys.stdin.isatty():
+        return click.prompt("password", hide_input=True, confirmation_prompt=True)
+    line = sys.stdin.readline().rstrip("\n")
+    if not line:
+        click.echo("error: no password: stdin is not a terminal and its first line is empty "
+                   "(pipe the password in, or use --password / EDGECV_REVIEW_PASSWORD)", err=True)
+        sys.exit(2)
+    return line
 
 
 @review.command("add-user")
@@ -79,37 +103,93 @@ def serve(db, data_dir, host, port, evidence_root, classes, claim_minutes, secur
 @db_option
 @data_option
 @click.option("--password", envvar="EDGECV_REVIEW_PASSWORD", help="default: prompt (or read from stdin)")
-@click.option("--quota", type=int, default=200, show_default=True, help="items per day")
-@click.option("--update", is_flag=True, help="change the password / quota of an existing reviewer")
-def add_user(username, db, data_dir, password, quota, update) -> None:
-    """Create a reviewer account (argon2-hashed password)."""
+@click.option("--quota", type=int, help="items per day (new reviewers: 200)")
+@click.option("--update", is_flag=True,
+              help="change an existing reviewer: only what is given (--quota, --password or --new-password)")
+@click.option("--new-password", is_flag=True, help="with --update: ask for a new password (or read it from stdin)")
+def add_user(username, db, data_dir, password, quota, update, new_password) -> None:
+    """Create a reviewer account (argon2-hashed password), or --update one."""
     from fleet.review.auth import AuthError, add_reviewer
 
-    if password is None:
-        password = (sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty()
-                    else click.prompt("password", hide_input=True, confirmation_prompt=True))
+    if password is None and (not update or new_password):
+        password = _read_password(prompt=True)
     database = _db(_settings(db, data_dir))
     try:
         with database.write() as s:
-            add_reviewer(s, username, password, quota, database.now(), update=update)
+            r = add_reviewer(s, username, password, quota if quota is not None or update else 200, database.now(),
+                             update=update)
+            quota_now = r.daily_quota
     except AuthError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    click.echo(f"reviewer {username} {'updated' if update else 'added'} (quota {quota}/day)")
+    what = ("password changed, sessions ended; " if update and password is not None else "") if update else ""
+    click.echo(f"reviewer {username} {'updated' if update else 'added'} ({what}quota {quota_now}/day)")
+
+
+def _set_active(username: str, db, data_dir, active: bool) -> None:
+    from fleet.review.auth import AuthError, set_active
+
+    database = _db(_settings(db, data_dir))
+    try:
+        with database.write() as s:
+            set_active(s, username, active)
+    except AuthError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+@review.command("disable-user")
+@click.argument("username")
+@db_option
+@data_option
+def disable_user(username, db, data_dir) -> None:
+    """Stop a reviewer from signing in; their open sessions end at once (the audit log keeps their work)."""
+    _set_active(username, db, data_dir, False)
+    click.echo(f"reviewer {username} disabled; sessions ended")
+
+
+@review.command("enable-user")
+@click.argument("username")
+@db_option
+@data_option
+def enable_user(username, db, data_dir) -> None:
+    """Let a disabled reviewer sign in again."""
+    _set_active(username, db, data_dir, True)
+    click.echo(f"reviewer {username} enabled")
 
 
 @review.command("add-token")
 @click.argument("name")
 @db_option
 @data_option
-def add_token(name, db, data_dir) -> None:
+@click.option("--any-device", is_flag=True,
+              help="for an uploader relaying many devices' evidence; default: the token files items only as NAME")
+def add_token(name, db, data_dir, any_device) -> None:
     """Make a device token for POST /api/items (printed once; replaces NAME's earlier token)."""
     from fleet.review.auth import add_device_token
 
     database = _db(_settings(db, data_dir))
     with database.write() as s:
-        token = add_device_token(s, name, database.now())
+        token = add_device_token(s, name, database.now(), any_device=any_device)
     click.echo(token)
+
+
+@review.command("revoke-token")
+@click.argument("name")
+@db_option
+@data_option
+def revoke_token(name, db, data_dir) -> None:
+    """Revoke NAME's device token: its requests are refused (401) from now on."""
+    from fleet.review.auth import AuthError, revoke_device_token
+
+    database = _db(_settings(db, data_dir))
+    try:
+        with database.write() as s:
+            revoke_device_token(s, name)
+    except AuthError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"token {name} revoked")
 
 
 @review.command("ingest-evidence")
@@ -149,11 +229,13 @@ def ingest_evidence(packages, url, token, evidence_root, reason) -> None:
               help="which decisions to export (repeat; default all)")
 @click.option("--since", type=click.DateTime(), help="only items decided since (UTC)")
 @click.option("--skip-missing", is_flag=True, help="export the rest when some images are gone")
-def export(db, data_dir, out, evidence_root, decisions, since, skip_missing) -> None:
+@click.option("--image-url-allow", multiple=True, envvar="EDGECV_REVIEW_IMAGE_URL_ALLOW",
+              help="evidence stores image_url may be fetched from (as for serve)")
+def export(db, data_dir, out, evidence_root, decisions, since, skip_missing, image_url_allow) -> None:
     """Write reviewed items as COCO JSON (OUT/corrections.json, OUT/images/) for `edgecv retrain export`."""
     from fleet.review.export import DECISIONS, ExportError, export_coco
 
-    settings = _settings(db, data_dir, evidence_root)
+    settings = _settings(db, data_dir, evidence_root, image_url_allow=list(image_url_allow))
     ts = since.replace(tzinfo=UTC).timestamp() if since else None
     try:
         summary = export_coco(_db(settings), settings, out, tuple(decisions) or DECISIONS, ts, skip_missing)

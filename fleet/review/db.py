@@ -11,7 +11,6 @@ and row locks (SELECT ... FOR UPDATE [SKIP LOCKED]) do the work.
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet.review.models import AppSetting
+from fleet.review.storage import private_dir, private_file
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 WRITE_OPTION = "edgecv_review_write"
@@ -35,7 +35,8 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if not parsed.database or parsed.database == ":memory:":
             raise ValueError(f"db url {url!r}: use an SQLite file (several connections share it)")
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        private_dir(Path(parsed.database).parent, tighten=False)
+        private_file(Path(parsed.database))  # SQLite gives -wal and -shm the database file's mode
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
                                pool_size=pool_size, max_overflow=20)
         _sqlite_transactions(engine)
@@ -73,6 +74,13 @@ class Database:
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)
         self._writer = threading.Lock() if self.dialect == "sqlite" else None
+
+    def describe(self) -> str:
+        """Which database, for the start-up line: the SQLite file, or the PostgreSQL URL without its password."""
+        url = make_url(self.url)
+        if self.dialect == "sqlite":
+            return f"SQLite {Path(url.database).resolve()}"
+        return f"PostgreSQL {url.render_as_string(hide_password=True)}"
 
     @property
     def is_postgres(self) -> bool:
@@ -128,12 +136,3 @@ def set_setting(s: Session, key: str, value: str) -> None:
     else:
         row.value = value
 
-
-def secret_key(db: Database) -> str:
-    """The session signing key: made once, kept in the database so every server process agrees."""
-    with db.write() as s:
-        key = get_setting(s, "session_secret")
-        if key is None:
-            key = secrets.token_urlsafe(48)
-            set_setting(s, "session_secret", key)
-        return key

@@ -1,17 +1,19 @@
-"""What every request handler needs: the service's state, the signed-in reviewer, the CSRF check."""
+"""What every request handler needs, as `Annotated` dependency aliases (the FastAPI full-stack template's
+idiom): the service's state (`ServiceDep`), the signed-in reviewer (`ReviewerDep`), the device behind a
+Bearer token (`DeviceDep`, checked before any body is read), and the CSRF check (`CsrfChecked`)."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, HTTPException, Request
 from fastapi.templating import Jinja2Templates
 
-from fleet.review.auth import csrf_ok
+from fleet.review.auth import csrf_ok, device_for_token, session_reviewer
 from fleet.review.db import Database
 from fleet.review.metrics import ReviewMetrics
-from fleet.review.models import Reviewer
+from fleet.review.models import DeviceToken, Reviewer
 from fleet.review.settings import ReviewSettings
 
 
@@ -39,28 +41,47 @@ class CsrfFailed(Exception):
     pass
 
 
-def password_stamp(reviewer: Reviewer) -> str:
-    """Kept in the session: a password change signs out every other session of that reviewer."""
-    return hashlib.sha256(reviewer.password_hash.encode()).hexdigest()[:16]
-
-
 def service(request: Request) -> Service:
     return request.app.state.review
 
 
-def current_reviewer(request: Request, svc: Service = Depends(service)) -> Reviewer:
-    uid = request.session.get("uid")
-    if uid is None:
-        raise NotAuthenticated()
+ServiceDep = Annotated[Service, Depends(service)]
+
+
+def current_reviewer(request: Request, svc: ServiceDep) -> Reviewer:
+    """The reviewer of the session's server-side row: gone after logout, a password change or disabling."""
     with svc.db.read() as s:
-        reviewer = s.get(Reviewer, uid)
-    if reviewer is None or not reviewer.active or request.session.get("pw") != password_stamp(reviewer):
-        request.session.clear()  # account gone, disabled, or password changed since: sign in again
+        reviewer = session_reviewer(s, request.session.get("sid"), svc.db.now())
+    if reviewer is None:
+        if "sid" in request.session:
+            request.session.clear()
         raise NotAuthenticated()
     return reviewer
+
+
+ReviewerDep = Annotated[Reviewer, Depends(current_reviewer)]
+
+
+def device_of(svc: Service, authorization: str | None) -> DeviceToken | None:
+    with svc.db.read() as s:
+        return device_for_token(s, authorization)
+
+
+def current_device(svc: ServiceDep, authorization: Annotated[str | None, Header()] = None) -> DeviceToken:
+    token = device_of(svc, authorization)
+    if token is None:
+        raise HTTPException(401, "a valid device token is required (Authorization: Bearer TOKEN)",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return token
+
+
+DeviceDep = Annotated[DeviceToken, Depends(current_device)]
 
 
 def require_csrf(request: Request) -> None:
     """For JSON actions: the session's token in the X-CSRF-Token header."""
     if not csrf_ok(request.session, request.headers.get("x-csrf-token")):
         raise CsrfFailed()
+
+
+CsrfChecked = Depends(require_csrf)

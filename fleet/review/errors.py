@@ -1,10 +1,14 @@
-"""The review service's refusals; the web layer turns them into 404 / 409 / 422 answers."""
+"""The review service's refusals; the web layer turns them into 403 / 404 / 409 / 422 answers."""
 
 from __future__ import annotations
 
 
 class NotFound(LookupError):
     pass
+
+
+class Forbidden(PermissionError):
+    """Authenticated, but not allowed to do this (a device token filing another device's item)."""
 
 
 class Conflict(RuntimeError):

@@ -19,6 +19,7 @@ import requests
 from sqlalchemy import select
 
 from fleet.review.db import Database, get_setting
+from fleet.review.fetch import FetchRefused, fetch_image
 from fleet.review.models import DECISIONS, Item
 from fleet.review.queue import DONE, usernames
 from fleet.review.settings import ReviewSettings
@@ -42,9 +43,7 @@ def image_bytes(item: Item, settings: ReviewSettings) -> bytes:
         if settings.evidence_root is None:
             raise FileNotFoundError(f"{item.image_path} (no --evidence-root given)")
         return (settings.evidence_root / item.image_path).read_bytes()
-    r = requests.get(item.image_url, timeout=30)
-    r.raise_for_status()
-    return r.content
+    return fetch_image(item.image_url, settings.image_url_allow, settings.max_image_bytes)
 
 
 def export_coco(db: Database, settings: ReviewSettings, out: Path, decisions: tuple[str, ...] = DECISIONS,
@@ -75,7 +74,7 @@ def export_coco(db: Database, settings: ReviewSettings, out: Path, decisions: tu
     for item in items:
         try:
             data = image_bytes(item, settings)
-        except (OSError, requests.RequestException) as exc:
+        except (OSError, FetchRefused, requests.RequestException) as exc:
             missing.append(f"{item.id}: {exc}")
             continue
         file_name = f"{item.id}.jpg"

@@ -2,9 +2,12 @@
 
 Counters and histograms are kept in the process; the queue depth, throughput and correction rate
 are read from the database at scrape time, so they are right whichever server process answers.
+No metric names a reviewer: per-person figures are on the signed-in throughput page, not on /metrics.
 """
 
 from __future__ import annotations
+
+import statistics
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -22,8 +25,7 @@ ITEM_BUCKETS = (1, 2, 3, 5, 8, 13, 21, 34, 55, 90, 150, 300, 600)
 class ReviewMetrics:
     def __init__(self, db: Database, registry: CollectorRegistry | None = None):
         r = self.registry = registry or CollectorRegistry()
-        self.decisions = Counter("edgecv_review_decisions_total", "Decisions, per reviewer and action",
-                                 ["reviewer", "action"], registry=r)
+        self.decisions = Counter("edgecv_review_decisions_total", "Decisions, per action", ["action"], registry=r)
         self.item_seconds = Histogram("edgecv_review_item_seconds", "Seconds from claim to decision, per action",
                                       ["action"], buckets=ITEM_BUCKETS, registry=r)
         self.ingested = Counter("edgecv_review_ingested_total", "Items ingested, per reason (new ones only)",
@@ -46,12 +48,12 @@ class _DatabaseCollector(Collector):
         now = self.db.now()
         queue = GaugeMetricFamily("edgecv_review_queue_items", "Pending items, per reason and claim state",
                                   labels=["reason", "state"])
-        per_hour = GaugeMetricFamily("edgecv_review_items_per_hour", "Items per hour today (UTC), per reviewer",
-                                     labels=["reviewer"])
+        per_hour = GaugeMetricFamily("edgecv_review_items_per_hour",
+                                     "Items per hour today (UTC), summed over active reviewers")
+        reviewers = GaugeMetricFamily("edgecv_review_active_reviewers", "Reviewers who decided an item today (UTC)")
         median = GaugeMetricFamily("edgecv_review_median_seconds_per_item",
-                                   "Median seconds per item today (UTC), per reviewer", labels=["reviewer"])
-        done = GaugeMetricFamily("edgecv_review_items_done_today", "Items decided today (UTC), per reviewer",
-                                 labels=["reviewer"])
+                                   "Median over reviewers of their median seconds per item today (UTC)")
+        done = GaugeMetricFamily("edgecv_review_items_done_today", "Items decided today (UTC)")
         rate = GaugeMetricFamily("edgecv_review_correction_rate",
                                  "Corrected or rejected per reviewed item, last 24 h")
         with self.db.read() as s:
@@ -60,13 +62,14 @@ class _DatabaseCollector(Collector):
                     select(Item.reason, claimed, func.count()).where(Item.status == "pending")
                     .group_by(Item.reason, claimed)):
                 queue.add_metric([reason, "claimed" if is_claimed else "free"], n)
-            for t in throughput(s, day_start(now), now):
-                done.add_metric([t.reviewer], t.items)
-                if t.items_per_hour is not None:
-                    per_hour.add_metric([t.reviewer], t.items_per_hour)
-                if t.median_seconds is not None:
-                    median.add_metric([t.reviewer], t.median_seconds)
+            today = throughput(s, day_start(now), now)
             cr = correction_rate(s, now - 86400, now)
+        done.add_metric([], sum(t.items for t in today))
+        reviewers.add_metric([], len(today))
+        per_hour.add_metric([], sum(t.items_per_hour or 0.0 for t in today))
+        medians = [t.median_seconds for t in today if t.median_seconds is not None]
+        if medians:
+            median.add_metric([], statistics.median(medians))
         if cr["rate"] is not None:
             rate.add_metric([], cr["rate"])
-        yield from (queue, per_hour, median, done, rate)
+        yield from (queue, per_hour, reviewers, median, done, rate)

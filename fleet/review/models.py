@@ -25,7 +25,8 @@ class Base(DeclarativeBase):
 
 
 class AppSetting(Base):
-    """Small key/value state shared by every server process (the session signing key, the class palette)."""
+    """Small key/value state shared by every server process (the class palette). Never secrets: whoever
+    reads the database file must not be able to forge a session."""
 
     __tablename__ = "app_settings"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -51,6 +52,36 @@ class DeviceToken(Base):
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[float] = mapped_column(Float)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A token files items only as the device it is named after, unless made for an uploader that
+    # relays many devices' evidence (edgecv review add-token NAME --any-device).
+    any_device: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+
+
+class WebSession(Base):
+    """A signed-in reviewer's session, kept server-side: the cookie carries only a random id whose SHA-256
+    is the key, so logout, disabling the reviewer or changing the password ends it everywhere."""
+
+    __tablename__ = "web_sessions"
+    id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("reviewers.id", ondelete="CASCADE"))
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    __table_args__ = (Index("ix_web_sessions_reviewer", "reviewer_id"),)
+
+
+class LoginFailure(Base):
+    """Failed sign-ins by username and by client address: the per-address limit and the per-user delay
+    count them (shared by every server process; a restart does not reset them)."""
+
+    __tablename__ = "login_failures"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float)
+    username: Mapped[str] = mapped_column(String(160))
+    address: Mapped[str] = mapped_column(String(64))
+    __table_args__ = (
+        Index("ix_login_failures_username", "username", "at"),
+        Index("ix_login_failures_address", "address", "at"),
+    )
 
 
 class Item(Base):
@@ -82,6 +113,8 @@ class Item(Base):
     reviewed_by: Mapped[int | None] = mapped_column(ForeignKey("reviewers.id"))
     reviewed_at: Mapped[float | None] = mapped_column(Float)
     review_seconds: Mapped[float | None] = mapped_column(Float)  # claim -> decision
+    # What the sender sent (canonical JSON of the validated body): the same id again with other content is a 409.
+    payload_sha256: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         # The claim query and the queue page: pending, best priority, oldest first (id breaks ties), read in

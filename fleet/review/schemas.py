@@ -1,85 +1,114 @@
-"""What comes in over the API, validated with pydantic; every error names its field.
+"""What reviewers send over the API, validated with pydantic; every error names its field.
 
-Boxes are [x1, y1, x2, y2] in frame pixels, as in the evidence event.json (schema v1).
+The ingest wire format (devices -> POST /api/items) is a contract shared with the device app:
+it lives in fleet/spec/review_wire.py and is re-exported here.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Any
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-Name = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
-ClassName = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
-# Item ids become file names: no slashes, no leading dot.
-ItemId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_:-][A-Za-z0-9._:-]{0,127}$")]
-RelPath = Annotated[str, StringConstraints(min_length=1, max_length=512)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class LabelBox(Strict):
-    """A box with a class: what a reviewer's correction is made of."""
-
-    box: tuple[float, float, float, float]
-    class_name: ClassName = Field(alias="class")
-
-    @field_validator("box")
-    @classmethod
-    def _ordered(cls, v: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
-        x1, y1, x2, y2 = v
-        if x2 - x1 < 1 or y2 - y1 < 1:
-            raise ValueError("must be [x1, y1, x2, y2] with x2 > x1 and y2 > y1 (at least 1 px)")
-        return v
-
-    def as_label(self) -> dict:
-        return {"box": [round(float(v), 2) for v in self.box], "class": self.class_name}
-
-
-class Prediction(LabelBox):
-    score: float = Field(ge=0, le=1)
-    track_id: int | None = None
-
-    def as_prediction(self) -> dict:
-        return {**self.as_label(), "score": round(self.score, 4), "track_id": self.track_id}
-
-
-class IngestItem(Strict):
-    """One flagged item from a device or the evidence store. Give exactly one of image, image_path, image_url."""
-
-    id: ItemId
-    reason: Literal["low_confidence", "alert", "drift", "random"]
-    site: Name
-    device: Name
-    camera: Name
-    model: Annotated[str, StringConstraints(pattern=r"^[^@\s]+@[0-9]+\.[0-9]+\.[0-9]+\S*$", max_length=160)]
-    classes: list[ClassName] | None = Field(None, max_length=64, description="default: the predicted boxes' classes")
-    image: str | None = Field(None, description="base64 JPEG")
-    image_path: RelPath | None = Field(None, description="path of a JPEG inside the evidence store")
-    image_url: AnyHttpUrl | None = None
-    width: int | None = Field(None, gt=0, le=16384)
-    height: int | None = Field(None, gt=0, le=16384)
-    boxes: list[Prediction] = Field(default_factory=list, max_length=500)
-    clip_path: RelPath | None = Field(None, description="evidence clip (H.264 MP4) inside the evidence store")
-    clip_url: AnyHttpUrl | None = None
-    event_id: Name | None = None
-    captured_at: float | None = Field(None, ge=0, description="Unix time of the frame")
-
-    @model_validator(mode="after")
-    def _one_image(self) -> IngestItem:
-        given = [k for k in ("image", "image_path", "image_url") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of image, image_path, image_url (got {given or 'none'})")
-        if self.image_url is not None and (self.width is None or self.height is None):
-            raise ValueError("width and height are required with image_url")
-        if self.clip_path is not None and self.clip_url is not None:
-            raise ValueError("give at most one of clip_path, clip_url")
-        return self
+from fleet.spec.review_wire import (  # noqa: F401  (re-exported: the service's one import point)
+    ClassName,
+    IngestAnswer,
+    IngestItem,
+    ItemId,
+    LabelBox,
+    Name,
+    Prediction,
+    RelPath,
+    Strict,
+)
 
 
 class Correction(Strict):
     """The reviewer's boxes replace the model's. An empty list says: nothing to detect here."""
 
     boxes: list[LabelBox] = Field(max_length=500)
+
+
+# --- what the API answers (response models: the OpenAPI document states them, FastAPI checks them) ------
+
+class Box(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+    box: list[float]
+    class_name: str = Field(alias="class")
+
+
+class ItemOut(BaseModel):
+    id: str
+    reason: str
+    site: str
+    device: str
+    camera: str
+    model: str
+    classes: list[str]
+    width: int
+    height: int
+    image: str
+    thumb: str
+    clip: str | None
+    event_id: str | None
+    predictions: list[dict[str, Any]]
+    captured_at: float | None
+    created_at: float
+    status: str
+    decision: str | None
+    labels: list[dict[str, Any]] | None
+    claimed_by: str | None
+    claimed_at: float | None
+    reviewed_by: str | None
+    reviewed_at: float | None
+    review_seconds: float | None
+
+
+class ClaimOut(BaseModel):
+    item: ItemOut | None
+
+
+class ProgressOut(BaseModel):
+    done: int
+    quota: int
+    percent: int
+
+
+class DecisionOut(BaseModel):
+    item: ItemOut
+    progress: ProgressOut
+    next: str
+
+
+class AuditOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    at: float
+    actor: str
+    action: str
+    detail: dict[str, Any]
+    undone: bool
+
+
+class ReviewerThroughput(BaseModel):
+    reviewer: str
+    items: int
+    items_per_hour: float | None
+    median_seconds: float | None
+    decisions: dict[str, int]
+
+
+class ThroughputOut(BaseModel):
+    since: float
+    until: float
+    reviewers: list[ReviewerThroughput]
+
+
+class CorrectionRateOut(BaseModel):
+    since: float
+    until: float
+    reviewed: int
+    corrected: int
+    rate: float | None
+    by_decision: dict[str, int]
+    filters: dict[str, str]

@@ -1,4 +1,9 @@
-"""The ASGI app: `create_app(settings)` migrates the database, then serves pages, API, static files and /metrics."""
+"""The ASGI app: `create_app(settings)` migrates the database, then serves pages, API, static files and /metrics.
+
+Around every request: a body-size cap (streamed, counted), security headers (CSP, no framing, no
+sniffing, no caching of pages), and a server-side timing header. /metrics and the OpenAPI document
+need a signed-in reviewer (or, for /metrics, a device token).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -16,11 +22,15 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleet.review import api, pages
-from fleet.review.db import Database, secret_key, set_setting
-from fleet.review.deps import CsrfFailed, NotAuthenticated, Service
-from fleet.review.errors import Conflict, FieldError, NotFound
+from fleet.review.api import BodyTooLarge
+from fleet.review.db import Database, set_setting
+from fleet.review.deps import CsrfFailed, NotAuthenticated, ReviewerDep, Service
+from fleet.review.errors import Conflict, FieldError, Forbidden, NotFound
+from fleet.review.fetch import _normalised
 from fleet.review.metrics import ReviewMetrics
+from fleet.review.schemas import IngestItem
 from fleet.review.settings import ReviewSettings
+from fleet.review.storage import private_dir, session_key
 
 HERE = Path(__file__).parent
 
@@ -49,6 +59,90 @@ class ServerTiming:
         await self.app(scope, receive, send_timed)
 
 
+INGEST_PATH = "/api/items"
+
+
+class BodyLimit:
+    """Caps request bodies while they stream in: a declared Content-Length over the cap is a 413 before
+    anything is read; a body that passes the cap while arriving is cut off with a 413. POST /api/items has
+    its own, larger cap, checked by the endpoint after the device token (401 comes first there)."""
+
+    def __init__(self, app: ASGIApp, settings: ReviewSettings):
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ingest = scope["path"] == INGEST_PATH
+        limit = self.settings.max_body_bytes if ingest else self.settings.max_form_bytes
+        declared = dict(scope["headers"]).get(b"content-length")
+        if not ingest and declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await _too_large(send, limit)
+            return
+        seen, started = 0, False
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracking)
+        except BodyTooLarge:
+            if started:
+                raise
+            await _too_large(send, limit)
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = json.dumps({"detail": f"request body over {limit} bytes"}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class SecurityHeaders:
+    """CSP (own origin, plus the allowed evidence stores for images and clips), no framing, no MIME
+    sniffing, no referrer to other sites, and no caching of anything but static files and thumbnails."""
+
+    def __init__(self, app: ASGIApp, settings: ReviewSettings):
+        self.app = app
+        stores = " ".join(sorted({f"{sc}://{h}:{p}" for sc, h, p, _ in map(_normalised, settings.image_url_allow)}))
+        media = f"'self' {stores}".strip()
+        csp = (f"default-src 'self'; img-src {media} data:; media-src {media}; script-src 'self'; "
+               "style-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+        self.headers = [(b"content-security-policy", csp.encode()), (b"x-frame-options", b"DENY"),
+                        (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin"),
+                        (b"cross-origin-opener-policy", b"same-origin")]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"cache-control" for k, _ in headers):
+                    cacheable = scope["path"].startswith("/static/")
+                    headers.append((b"cache-control", b"private, max-age=300" if cacheable else b"no-store"))
+                message["headers"] = headers + self.headers
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
 def _wants_json(request: Request) -> bool:
     return request.url.path.startswith("/api/") or "application/json" in request.headers.get("accept", "")
 
@@ -70,6 +164,14 @@ def _install_errors(app: FastAPI, metrics: ReviewMetrics) -> None:
     @app.exception_handler(CsrfFailed)
     async def _csrf(request: Request, exc: CsrfFailed):
         return _error(request, 403, "Forbidden", "CSRF token missing or wrong: reload the page and try again")
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, exc: Forbidden):
+        return _error(request, 403, "Forbidden", str(exc))
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_big(request: Request, exc: BodyTooLarge):
+        return JSONResponse({"detail": str(exc)}, status_code=413, headers={"Connection": "close"})
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound):
@@ -99,23 +201,43 @@ def _fmt_time(ts: float | None) -> str:
 
 
 def create_app(settings: ReviewSettings, db: Database | None = None) -> FastAPI:
+    private_dir(settings.data_dir)  # before the database: a default SQLite file lives in it
     db = db or Database(settings.db_url)
     db.migrate()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     with db.write() as s:  # `edgecv review export` reads the palette the server used
         set_setting(s, "classes", json.dumps(settings.classes))
 
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters["ts"] = _fmt_time
     metrics = ReviewMetrics(db)
-    app = FastAPI(title="edgecv review", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+    app = FastAPI(title="edgecv review", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.review = Service(db=db, settings=settings, metrics=metrics, templates=templates)
-    app.add_middleware(SessionMiddleware, secret_key=secret_key(db), session_cookie="edgecv_review",
+    # The cookie is signed with a key outside the database; it carries only a session id (see auth.py).
+    app.add_middleware(SessionMiddleware, secret_key=session_key(settings.data_dir), session_cookie="edgecv_review",
                        max_age=int(settings.session_hours * 3600), same_site="lax",
                        https_only=settings.secure_cookies)
     app.add_middleware(ServerTiming, metrics=metrics)
+    app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(SecurityHeaders, settings=settings)
     _install_errors(app, metrics)
     app.include_router(api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    @app.get("/api/openapi.json", include_in_schema=False)
+    def openapi(me: ReviewerDep) -> JSONResponse:
+        return JSONResponse(_openapi(app))
+
     return app
+
+
+def _openapi(app: FastAPI) -> dict:
+    """The generated document plus the ingest body's schema (the endpoint streams its body itself)."""
+    if app.openapi_schema is None:
+        doc = get_openapi(title=app.title, version="1", routes=app.routes)
+        schema = IngestItem.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = doc.setdefault("components", {}).setdefault("schemas", {})
+        components.update(schema.pop("$defs", {}))
+        components["IngestItem"] = schema
+        app.openapi_schema = doc
+    return app.openapi_schema

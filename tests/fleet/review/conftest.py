@@ -131,20 +131,37 @@ class Reviewer:
         return r.json()["item"]
 
 
+def mp4(path: Path, frames: int = 6, size: tuple[int, int] = (64, 48)) -> Path:
+    """A real (MPEG-4 part 2) video file: clips are checked by content."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, size)
+    for i in range(frames):
+        writer.write(np.full((size[1], size[0], 3), 20 * i, np.uint8))
+    writer.release()
+    assert path.stat().st_size > 0
+    return path
+
+
 class Env:
-    def __init__(self, db_url: str, tmp_path: Path, claim_minutes: float = 10.0):
+    def __init__(self, db_url: str, tmp_path: Path, claim_minutes: float = 10.0, **settings):
         self.clock = Clock()
         self.evidence = tmp_path / "evidence"
         self.evidence.mkdir()
         self.settings = ReviewSettings(db_url=db_url, data_dir=tmp_path / "data", evidence_root=self.evidence,
-                                       classes=CLASSES, claim_minutes=claim_minutes)
+                                       classes=CLASSES, claim_minutes=claim_minutes, **settings)
         self.db = Database(db_url, clock=self.clock)
         self.app = create_app(self.settings, self.db)
         with self.db.write() as s:
             for name in ("alice", "bob"):
                 add_reviewer(s, name, PASSWORD, 5, self.clock())
             self.token = add_device_token(s, "jetson-01", self.clock())
+            self.uploader_token = add_device_token(s, "uploader", self.clock(), any_device=True)
         self.device = TestClient(self.app)
+
+    def metrics(self) -> str:
+        """/metrics as Prometheus scrapes it: with a Bearer token."""
+        r = self.device.get("/metrics", headers={"Authorization": f"Bearer {self.token}"})
+        assert r.status_code == 200, r.text[:300]
+        return r.text
 
     def ingest(self, body: dict):
         return self.device.post("/api/items", json=body, headers={"Authorization": f"Bearer {self.token}"})

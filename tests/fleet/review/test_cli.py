@@ -113,12 +113,16 @@ def test_export_refuses_when_images_are_gone_and_writes_nothing(env, tmp_path):
     assert json.loads((out / "corrections.json").read_text())["images"] == []
 
 
-def test_healthz_and_metrics_are_open(env):
+def test_healthz_is_open_metrics_and_openapi_are_not(env):
     anon = TestClient(env.app)
     health = anon.get("/healthz")
     assert health.json()["ok"] is True
     assert float(health.headers["server-timing"].split("app;dur=")[1]) > 0  # what bench/review.py reads
-    body = anon.get("/metrics").text
+    assert anon.get("/metrics", follow_redirects=False).status_code == 303
+    assert anon.get("/api/openapi.json").status_code == 401
+    doc = env.reviewer("alice").get("/api/openapi.json").json()
+    assert "IngestItem" in doc["components"]["schemas"] and "/api/items" in doc["paths"]
+    body = env.metrics()
     assert "edgecv_review_request_seconds_bucket" in body
     assert all(line.split("{")[0].split(" ")[0].startswith("edgecv_review_")
                for line in body.splitlines() if line and not line.startswith("#"))

@@ -47,8 +47,11 @@ def test_a_package_becomes_an_item_with_its_clip(env):
     body = item_from_package(pkg, env.evidence)
     assert body["clip_path"] == "evt-42/clip.mp4" and body["captured_at"] == pytest.approx(1002.0)
     assert body["boxes"] == [{"box": [80.0, 100.0, 120.0, 140.0], "class": "car", "score": 0.47, "track_id": 3}]
-    assert post_item(env.device, "http://testserver", env.token, body)["created"] is True
-    assert post_item(env.device, "http://testserver", env.token, body)["created"] is False
+    # jetson-09's package, relayed by the uploader: a token made --any-device (jetson-01's own is refused).
+    with pytest.raises(PackageError, match="403.*belongs to device 'jetson-01'"):
+        post_item(env.device, "http://testserver", env.token, body)
+    assert post_item(env.device, "http://testserver", env.uploader_token, body)["created"] is True
+    assert post_item(env.device, "http://testserver", env.uploader_token, body)["created"] is False
     with env.db.read() as s:
         it = s.get(Item, "evt-42")
     assert (it.reason, it.site, it.model, it.width, it.height) == ("alert", "site-b", "detector@2.1.0", 320, 240)

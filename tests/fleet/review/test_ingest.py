@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 
 from fleet.review.models import Audit, Item, ItemClass
-from tests.fleet.review.conftest import item, jpeg
+from tests.fleet.review.conftest import Env, item, jpeg, mp4
 
 
 def count(env, model=Item) -> int:
@@ -31,8 +31,12 @@ def test_ingest_is_idempotent_by_item_id(env):
                                          {"box": [30, 2, 50, 30], "class": "person", "score": 0.2}]))
     assert first.status_code == 201 and first.json() == {"id": "i1", "created": True, "status": "pending"}
     image = (env.settings.data_dir / "images" / "i1.jpg").read_bytes()
-    again = env.ingest(item("i1", reason="alert", image=base64.b64encode(jpeg(seed=9)).decode()))
+    same = item("i1", boxes=[{"box": [1, 2, 20, 30], "class": "car", "score": 0.45},
+                             {"box": [30, 2, 50, 30], "class": "person", "score": 0.2}])
+    again = env.ingest(same)  # a retry after a lost answer
     assert again.status_code == 200 and again.json()["created"] is False
+    other = env.ingest(item("i1", reason="alert", image=base64.b64encode(jpeg(seed=9)).decode()))
+    assert other.status_code == 409 and "different content" in other.text  # never a silent drop
     assert count(env) == 1 and count(env, ItemClass) == 2
     with env.db.read() as s:
         it = s.get(Item, "i1")
@@ -40,7 +44,7 @@ def test_ingest_is_idempotent_by_item_id(env):
         assert (it.width, it.height) == (64, 48)
         assert s.scalar(select(func.count()).select_from(Audit).where(Audit.action == "ingest")) == 1
     assert (env.settings.data_dir / "images" / "i1.jpg").read_bytes() == image
-    metrics = env.device.get("/metrics").text
+    metrics = env.metrics()
     assert 'edgecv_review_ingested_total{reason="low_confidence"} 1.0' in metrics
     assert "edgecv_review_ingest_duplicates_total 1.0" in metrics
 
@@ -74,7 +78,7 @@ def test_items_can_point_into_the_evidence_store(env):
     pkg = env.evidence / "site-a" / "ev-1"
     pkg.mkdir(parents=True)
     (pkg / "frame.jpg").write_bytes(jpeg(80, 60))
-    (pkg / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(2000))
+    mp4(pkg / "clip.mp4")
     body = item("ev-1", "alert", image=None, image_path="site-a/ev-1/frame.jpg", clip_path="site-a/ev-1/clip.mp4",
                 event_id="ev-1")
     assert env.ingest(body).status_code == 201
@@ -104,14 +108,24 @@ def test_evidence_paths_must_exist_inside_the_store(env, over, field, tmp_path):
     assert count(env) == 0
 
 
-def test_items_by_url_need_their_size(env):
-    r = env.ingest(item("u1", image=None, image_url="http://127.0.0.1:9/frame.jpg"))
-    assert r.status_code == 422 and "width and height are required" in r.text
-    ok = env.ingest(item("u1", image=None, image_url="http://127.0.0.1:9/frame.jpg", width=64, height=48))
-    assert ok.status_code == 201
-    alice = env.reviewer("alice")
-    r = alice.get("/items/u1/image", follow_redirects=False)
-    assert r.status_code == 307 and r.headers["location"] == "http://127.0.0.1:9/frame.jpg"
+def test_items_by_url_need_their_size_and_an_allowed_store(db_url, tmp_path):
+    env = Env(db_url, tmp_path, image_url_allow=["https://evidence.example.com/site-a/"])
+    try:
+        url = "https://evidence.example.com/site-a/frame.jpg"
+        r = env.ingest(item("u1", image=None, image_url=url))
+        assert r.status_code == 422 and "width and height are required" in r.text
+        for elsewhere in ("http://169.254.169.254/latest/meta-data/", "https://evidence.example.com/site-b/x.jpg",
+                          "https://evidence.example.com/site-a/../site-b/x.jpg"):
+            r = env.ingest(item("u1", image=None, image_url=elsewhere, width=64, height=48))
+            assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "image_url"], elsewhere
+        ok = env.ingest(item("u1", image=None, image_url=url, width=64, height=48))
+        assert ok.status_code == 201
+        alice = env.reviewer("alice")
+        r = alice.get("/items/u1/image", follow_redirects=False)
+        assert r.status_code == 307 and r.headers["location"] == url
+        assert "https://evidence.example.com:443" in r.headers["content-security-policy"]
+    finally:
+        env.db.dispose()
 
 
 def test_device_text_is_escaped_in_pages(env):
