@@ -23,6 +23,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from app.metrics import Metrics
 from app.pipeline.types import Detections
+from fleet.spec.review_wire import IngestAnswer, IngestItem
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,8 @@ class ReviewClient(threading.Thread):
         self.session.close()
 
     def item(self, sample: Sample) -> dict:
-        """The POST /api/items body (fleet/review/schemas.py IngestItem)."""
+        """The POST /api/items body, validated with the server's own schema (fleet/spec/review_wire.py), so a
+        sample the server would refuse is dropped here, with the field named, instead of retried."""
         h, w = sample.image.shape[:2]
         ok, jpeg = cv2.imencode(".jpg", sample.image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
         if not ok:
@@ -117,12 +119,13 @@ class ReviewClient(threading.Thread):
                 boxes.append({"box": [round(float(v), 2) for v in (x1, y1, x2, y2)],
                               "class": self.class_names[int(cls)], "score": round(float(score), 4),
                               "track_id": int(tid) if tid >= 0 else None})
-        return {
-            "id": f"{self.device_id}-{sample.camera_id}-{int(sample.captured_at * 1000)}",
-            "reason": sample.reason, "site": self.site_id, "device": self.device_id, "camera": sample.camera_id,
-            "model": self.model_ref, "image": base64.b64encode(jpeg.tobytes()).decode(), "width": w, "height": h,
-            "boxes": boxes, "captured_at": sample.captured_at,
-        }
+        body = IngestItem(
+            id=f"{self.device_id}-{sample.camera_id}-{int(sample.captured_at * 1000)}",
+            reason=sample.reason, site=self.site_id, device=self.device_id, camera=sample.camera_id,
+            model=self.model_ref, image=base64.b64encode(jpeg.tobytes()).decode(), width=w, height=h,
+            boxes=boxes, captured_at=sample.captured_at,
+        )
+        return body.model_dump(mode="json", by_alias=True, exclude_none=True)
 
     def send(self, sample: Sample) -> bool:
         try:
@@ -132,6 +135,7 @@ class ReviewClient(threading.Thread):
                 with attempt:
                     resp = self.session.post(f"{self.url}/api/items", json=body, timeout=self.timeout_s)
                     resp.raise_for_status()
+                    IngestAnswer.model_validate_json(resp.content)  # a proxy's HTML page is not an answer
         except Exception as exc:  # never let a bad sample or an outage kill the thread
             detail = exc.response.text[:300] if isinstance(exc, requests.HTTPError) and exc.response is not None else ""
             self._dropped(sample.reason, f"{exc} {detail}".strip())

@@ -86,6 +86,33 @@ def serve(db, data_dir, host, port, evidence_root, classes, claim_minutes, secur
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 
 
+@review.command("demo")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("review-demo"),
+              show_default=True, help="the demo's database, images and evidence")
+@click.option("--seconds", type=float, default=30.0, show_default=True, help="how long the app pipeline runs")
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--no-serve", is_flag=True, help="fill the queue and stop (the data stays for `edgecv review serve`)")
+def demo(data_dir, seconds, port, no_serve) -> None:
+    """Fill a local review service from the device app's own flagged items, then serve it."""
+    from fleet.review.demo import fill_review_demo
+
+    review_demo = fill_review_demo(data_dir, seconds, port, say=lambda m: click.echo(m, err=True))
+    queued = ", ".join(f"{n} {r}" for r, n in sorted(review_demo.queued.items())) or "nothing"
+    click.echo(f"queue: {queued}")
+    click.echo(review_demo.login_line())
+    if no_serve:
+        review_demo.stop()
+        return
+    click.echo("serving until Ctrl-C", err=True)
+    try:
+        while review_demo.thread.is_alive():
+            review_demo.thread.join(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        review_demo.stop()
+
+
 def _read_password(prompt: bool) -> str:
     """From the terminal (asked twice) or one line of stdin; an empty one is an error that says so."""
     if sys.stdin.isatty():

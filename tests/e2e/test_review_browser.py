@@ -1,10 +1,11 @@
-"""The review service in real headless Chromium, driven by the keyboard alone.
+"""The review service in real headless Chromium, driven by the keyboard (and, for drawing, the mouse).
 
 A real server (`edgecv review serve`, uvicorn, SQLite) gets 21 flagged synthetic scenes whose
 ground truth is known over HTTP, and one alert: an evidence package written by the device app's
 packager (H.264 clip), queued with `edgecv review ingest-evidence`. A reviewer signs in and reviews
-20 of them with keys only: approve, reject, fix a class, fix a box, delete a false box, add a
-missed one, plus skip (j), undo (z), previous (k) and the help overlay (?). The progress bar must
+20 of them: approve, reject, fix a class, fix a box, delete a false box, add a missed one with keys
+or draw it with the mouse and pick its class by typing, plus skip (j), undo (z), previous (k), the help
+overlay (?) and Tab reaching the navigation. It prints the scripted reviewer's items per hour. The progress bar must
 move with every decision; the decisions must be in the database and in the COCO export.
 """
 
@@ -37,7 +38,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"
                  "--disable-component-update", "--disable-sync"]
 SIZE = 256
 STEP = max(1, round(SIZE / 100))  # the page's move/resize step for a 256 px frame
-KINDS = ["approve", "class", "box", "reject", "delete", "add"]
+KINDS = ["approve", "class", "box", "reject", "delete", "add", "draw"]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
@@ -94,6 +95,8 @@ def make_items(evidence: Path) -> tuple[list[dict], Path, dict[str, dict]]:
                             + ["Shift+ArrowLeft"])
         elif kind == "delete":
             preds.append(_pred([2, SIZE - 30, 26, SIZE - 4], 2, 0.31))
+        elif kind == "draw":  # the model missed the last object; the reviewer draws it with the mouse
+            plan["draw"], preds = gt[-1], preds[:-1]
         elif kind == "add":  # the model missed the last object; the new box starts centred, a fifth of the frame
             missed, preds = gt[-1], preds[:-1]
             x1, y1, x2, y2 = missed["box"]
@@ -184,8 +187,20 @@ def review(page, plan: dict, screenshot: bool) -> None:
             page.keyboard.press(key)
     elif kind == "delete":
         page.keyboard.press("c")
-        page.keyboard.press("Shift+Tab")  # from the first box back round to the last: the false one
+        page.keyboard.press(",")  # from the first box back round to the last: the false one
         page.keyboard.press("x")
+    elif kind == "draw":
+        target = plan["draw"]
+        frame = page.locator("#review-boxes").bounding_box()
+        sx, sy = frame["width"] / SIZE, frame["height"] / SIZE
+        x1, y1, x2, y2 = target["box"]
+        page.mouse.move(frame["x"] + x1 * sx, frame["y"] + y1 * sy)
+        page.mouse.down()
+        page.mouse.move(frame["x"] + x2 * sx, frame["y"] + y2 * sy, steps=4)
+        page.mouse.up()
+        page.keyboard.press("/")  # the class picker: type to filter, Enter takes the first match
+        page.keyboard.type(target["class"][:3])
+        page.keyboard.press("Enter")
     elif kind == "add":
         a = plan["add"]
         page.keyboard.press("c")
@@ -212,7 +227,14 @@ def run_session(page, url: str, plans: dict) -> tuple[list[str], str]:
     first = current(page)
     assert first["reason"] == "alert" and first["clip"]  # alerts come first, with their clip
     page.wait_for_function("document.querySelector('#clip').readyState >= 1")  # the browser decodes the H.264
-    assert page.locator("#model-boxes rect").count() == len(first["predictions"])
+    assert page.locator("#model-boxes .box").count() == len(first["predictions"])
+    frame = page.locator("#frame").bounding_box()
+    assert frame["width"] > 0.6 * 1400 or frame["height"] > 0.7 * 950  # one large canvas, not two small panes
+
+    for _ in range(3):  # Tab moves the focus as on any page: it reaches the navigation
+        page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.closest('header') !== null")
+    page.evaluate("document.activeElement.blur()")
 
     page.keyboard.press("?")
     assert page.locator("#help").is_visible() and "resize" in page.locator("#help").inner_text()
@@ -221,6 +243,7 @@ def run_session(page, url: str, plans: dict) -> tuple[list[str], str]:
 
     decided: list[str] = []
     widths: list[float] = [progress(page)[1]]
+    started = time.perf_counter()
     skipped, undone, went_back, shot = None, False, False, False
     while len(decided) < 20:
         it = current(page)
@@ -252,6 +275,11 @@ def run_session(page, url: str, plans: dict) -> tuple[list[str], str]:
             assert page.locator("#decision").inner_text() == current(page)["decision"]
             press_and_wait(page, "j")
             assert current(page)["id"] == here
+    hours = (time.perf_counter() - started) / 3600
+    kinds = [plans[i]["kind"] for i in decided]
+    print(f"\nscripted keyboard reviewer: {len(decided) / hours:.0f} items/hour over {len(decided)} items "
+          f"(approve {kinds.count('approve')}, reject {kinds.count('reject')}, "
+          f"correct {len(kinds) - kinds.count('approve') - kinds.count('reject')}; with one skip, undo and back)")
     assert (ARTIFACTS / "review.png").stat().st_size > 10_000
     return decided, skipped
 
@@ -265,7 +293,7 @@ def check_database(data: Path, plans: dict, decided: list[str], skipped: str) ->
                 plan = plans[item_id]
                 want = {"approve": "approved", "reject": "rejected"}.get(plan["kind"], "corrected")
                 assert (it.status, it.decision) == ("done", want), item_id
-                tol = STEP if plan["kind"] == "add" else 0.01
+                tol = {"add": STEP, "draw": 1.0}.get(plan["kind"], 0.01)
                 assert_labels(it.labels, plan["labels"], tol, item_id)
             assert s.get(Item, skipped).status == "pending"
     finally:
@@ -294,5 +322,5 @@ def check_export(data: Path, tmp_path: Path, plans: dict, decided: list[str]) ->
         labels = [{"class": names[a["category_id"]], "box": [a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
                                                             a["bbox"][1] + a["bbox"][3]]} for a in anns]
         plan = plans[img["item_id"]]
-        assert_labels(labels, plan["labels"], STEP if plan["kind"] == "add" else 0.02, img["item_id"])
+        assert_labels(labels, plan["labels"], {"add": STEP, "draw": 1.0}.get(plan["kind"], 0.02), img["item_id"])
         assert (out / "images" / img["file_name"]).is_file() and img["reviewer"] == "rita"
