@@ -10,7 +10,9 @@ Per backend (SQLite file; PostgreSQL from Debian's server on 127.0.0.1 when inst
   alternating), then "look" at the next item for a random think time (mean --think s; real reviewers
   take several seconds per item, so this is a heavier load than 20 people);
 - saturation: the same 20 threads with no think time at all (reported: actions/s and p95; no goal);
-- the server process's CPU time per claim + decision (psutil), which a busy machine does not inflate.
+- the server process's CPU time per claim + decision (psutil), which a busy machine does not inflate;
+- the server's memory (RSS) before and after 100 unauthenticated POSTs that each declare a 200 MB body
+  (the token is checked before the body is read: memory must stay flat; no baseline, a bound).
 Latency is server-side: the `Server-Timing: app;dur=` header each response carries (request in,
 response headers out, measured inside the server), so the client's own Python time is left out.
 
@@ -173,11 +175,31 @@ def run_variant(url: str, n_items: int, n_reviewers: int, actions: int, think: f
             acts = reviewers(svc.url, sessions, actions, think)
             cpu_ms = (sum(proc.cpu_times()[:2]) - cpu) * 1000 / len(acts["decide"])
             flat = reviewers(svc.url, sessions, max(5, actions // 2), 0.0)
-    return {"claim_p95": p95(acts["claim"]), "decide_p95": p95(acts["decide"]),
+            rss_before, rss_after = oversized_posts(svc.port, svc.proc.pid)
+    return {"rss_before": rss_before, "rss_after": rss_after,"claim_p95": p95(acts["claim"]), "decide_p95": p95(acts["decide"]),
             "decide_p50": statistics.median(acts["decide"]), "page_p50": statistics.median(page_srv),
             "page_p95": p95(page_srv), "page_wall_p95": p95(page_wall),
             "sat_decide_p95": p95(flat["decide"]), "sat_claim_p95": p95(flat["claim"]),
             "sat_rate": len(flat["decide"]) / max(flat["wall"]), "cpu_ms": cpu_ms}
+
+
+def oversized_posts(port: int, pid: int, n: int = 100) -> tuple[float, float]:
+    """RSS (MiB) of the server before and after n unauthenticated POSTs declaring 200 MB (256 KB sent each)."""
+    import socket
+
+    proc = psutil.Process(pid)
+    before = proc.memory_info().rss / 2**20
+    head = (b"POST /api/items HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 209715200\r\n\r\n")
+    for _ in range(n):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(head)
+            try:
+                sock.sendall(b"[" * (256 << 10))
+            except OSError:
+                pass
+            assert b" 401 " in sock.recv(100), "an unauthenticated POST must be refused at once"
+    return before, proc.memory_info().rss / 2**20
 
 
 def fresh_pg_database(pg: localpg.LocalPostgres, name: str) -> str:
@@ -247,6 +269,9 @@ def main() -> None:
                 ok = "ok" if ours[key] < float(goal.split()[1]) else "MISSED"
             ratio = ours[key] / base[key] if key == "sat_rate" else base[key] / ours[key]  # > 1: ours better
             print(f"{backend:10s} {label:30s} {ours[key]:9.1f} {base[key]:9.1f} {ratio:6.1f}x  {goal} {ok}")
+        grew = ours["rss_after"] - ours["rss_before"]
+        print(f"{backend:10s} {'RSS after 100 x 200 MB unauth.':30s} {ours['rss_after']:9.1f} MiB (before "
+              f"{ours['rss_before']:.1f}, {grew:+.1f})  goal: flat (< +20 MiB) {'ok' if grew < 20 else 'MISSED'}")
 
 
 if __name__ == "__main__":

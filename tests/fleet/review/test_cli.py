@@ -126,3 +126,15 @@ def test_healthz_is_open_metrics_and_openapi_are_not(env):
     assert "edgecv_review_request_seconds_bucket" in body
     assert all(line.split("{")[0].split(" ")[0].startswith("edgecv_review_")
                for line in body.splitlines() if line and not line.startswith("#"))
+
+
+def test_the_startup_line_names_the_database(db_url):
+    db = Database(db_url)
+    try:
+        line = db.describe()
+    finally:
+        db.dispose()
+    if db_url.startswith("sqlite"):
+        assert line == f"SQLite {db_url.removeprefix('sqlite:///')}"
+    else:
+        assert line.startswith("PostgreSQL postgresql") and "127.0.0.1" in line

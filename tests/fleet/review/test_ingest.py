@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 
 from fleet.review.models import Audit, Item, ItemClass
-from tests.fleet.review.conftest import Env, item, jpeg, mp4
+from tests.fleet.review.conftest import Env, TestClient, item, jpeg, mp4
 
 
 def count(env, model=Item) -> int:
@@ -134,3 +134,16 @@ def test_device_text_is_escaped_in_pages(env):
     for page in (alice.get("/queue").text, alice.get("/review/x1").text):
         assert "<script>alert(1)" not in page and "<img src=x>" not in page
         assert "&lt;script&gt;alert(1)" in page or "\\u003cscript\\u003e" in page
+
+
+def test_the_queue_shows_thumbnails(env):
+    import cv2
+    import numpy as np
+
+    env.add(item("t1", image=base64.b64encode(jpeg(640, 480)).decode()))
+    alice = env.reviewer("alice")
+    assert 'src="/items/t1/thumb"' in alice.get("/queue").text
+    r = alice.get("/items/t1/thumb")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR).shape == (120, 160, 3)
+    assert TestClient(env.app).get("/items/t1/thumb", follow_redirects=False).status_code == 303  # not public
