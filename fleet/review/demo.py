@@ -12,8 +12,11 @@ and keeps serving until Ctrl-C.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -118,16 +121,16 @@ def app_config(out: Path, *, review_url: str, triton_url: str, mqtt_port: int, e
     return out
 
 
-def run_pipeline(cfg_path: Path, seconds: float, say=print) -> dict:
-    from app.config import load_config
-    from app.metrics import Metrics
-    from app.runner import AppRunner
-
-    runner = AppRunner(load_config(cfg_path), Metrics())
-    runner.start(ready_timeout_s=120)
+def run_pipeline(cfg_path: Path, seconds: float, token: str, say=print) -> dict:
+    """`edgecv app run` as its own process, as on a device; its summary (the last line it prints)."""
     say(f"the app runs the sample video through Triton for {seconds:.0f} s…")
-    runner.run(seconds)
-    return runner.summary()
+    proc = subprocess.run([sys.executable, "-m", "fleet.cli", "app", "run", "--config", str(cfg_path),
+                           "--duration", str(seconds), "--log-level", "WARNING"],
+                          env={**os.environ, TOKEN_ENV: token}, capture_output=True, text=True,
+                          timeout=seconds + 300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"edgecv app run exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def queue_evidence(url: str, token: str, evidence_dir: Path, say=print) -> int:
@@ -161,7 +164,6 @@ def fill_review_demo(data_dir: Path, seconds: float = 30.0, port: int | None = N
     demo = start_service(data_dir, list(manifest.classes), port or free_port())
     try:
         device_token, uploader_token = tokens(data_dir, cfg["device_id"])
-        os.environ[TOKEN_ENV] = device_token
         evidence_dir = data_dir / "evidence"
         say(f"review service on {demo.url} (database: SQLite {data_dir / 'review.db'})")
         from rich.console import Console
@@ -181,7 +183,7 @@ def fill_review_demo(data_dir: Path, seconds: float = 30.0, port: int | None = N
                 cfg_path = app_config(tmp / "app.yaml", review_url=demo.url, triton_url=server.grpc_url,
                                       mqtt_port=broker.port, evidence_dir=evidence_dir,
                                       manifest=Path(manifest_path).resolve(), video=sample_video())
-                summary = run_pipeline(cfg_path, seconds, say)
+                summary = run_pipeline(cfg_path, seconds, device_token, say)
             finally:
                 broker.stop()
                 server.stop()
