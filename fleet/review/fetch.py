@@ -38,6 +38,12 @@ def _normalised(url: str) -> tuple[str, str, int, str]:
     return parts.scheme, parts.hostname.lower().rstrip("."), port, norm
 
 
+def origin(url: str) -> str:
+    """scheme://host:port of a URL (what a CSP source names)."""
+    scheme, host, port, _ = _normalised(url)
+    return f"{scheme}://{host}:{port}"
+
+
 def allowed(url: str, allow: list[str]) -> bool:
     """Whether `url` lies under one of the allowed prefixes (same scheme, host and port; path prefix)."""
     scheme, host, port, path = _normalised(url)

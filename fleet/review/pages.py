@@ -83,8 +83,8 @@ async def login(request: Request, svc: ServiceDep, username: Annotated[str, Form
             return wait, delay, find_reviewer(s, username)
 
     wait, delay, found = await run_in_threadpool(check)
-    if wait:  # this address has guessed too often: refused before any password is checked
-        await run_in_threadpool(_audit, svc, None, username, "login_throttled", {"address": address})
+    if wait:  # this address has guessed too often: refused before any password is checked, and without a
+        # database write (a flood of refused tries must not queue on SQLite's one writer): the metric counts them
         svc.metrics.logins.labels("throttled").inc()
         response = render(svc, request, "login.html", code=429, next=_local(next),
                           error=f"Too many failed sign-ins from your address; try again in {max(1, round(wait / 60))} min.")
@@ -116,11 +116,6 @@ async def login(request: Request, svc: ServiceDep, username: Annotated[str, Form
     request.session["sid"] = sid
     session_csrf(request.session)
     return RedirectResponse(_local(next), status_code=303)
-
-
-def _audit(svc: Service, reviewer_id: int | None, actor: str, action: str, detail: dict) -> None:
-    with svc.db.write() as s:
-        s.add(Audit(at=svc.db.now(), reviewer_id=reviewer_id, actor=actor, action=action, detail=detail))
 
 
 @router.post("/logout")

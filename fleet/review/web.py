@@ -26,7 +26,7 @@ from fleet.review.api import BodyTooLarge
 from fleet.review.db import Database, set_setting
 from fleet.review.deps import CsrfFailed, NotAuthenticated, ReviewerDep, Service
 from fleet.review.errors import Conflict, FieldError, Forbidden, NotFound
-from fleet.review.fetch import _normalised
+from fleet.review.fetch import origin
 from fleet.review.metrics import ReviewMetrics
 from fleet.review.schemas import IngestItem
 from fleet.review.settings import ReviewSettings
@@ -118,7 +118,7 @@ class SecurityHeaders:
 
     def __init__(self, app: ASGIApp, settings: ReviewSettings):
         self.app = app
-        stores = " ".join(sorted({f"{sc}://{h}:{p}" for sc, h, p, _ in map(_normalised, settings.image_url_allow)}))
+        stores = " ".join(sorted({origin(u) for u in settings.image_url_allow}))
         media = f"'self' {stores}".strip()
         csp = (f"default-src 'self'; img-src {media} data:; media-src {media}; script-src 'self'; "
                "style-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
