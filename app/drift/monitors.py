@@ -9,16 +9,25 @@ Each statistic compares the recent window with a reference:
 - the human correction rate (corrections per reviewed item, fed by the review service);
 - validation accuracy when a gates run reports one.
 
+Thresholds of the confidence statistics (KS, PSI, detection entropy) are not rules of thumb: unless
+stated in the app config or in the manifest's reference_confidence.drift_thresholds, each is the
+critical value of its statistic for the current window size, the reference's size and a per-check
+false-alarm rate (`derive_thresholds`; fleet.spec.manifest.DriftThresholdsDoc says how). The correction
+rate alarms when the Wilson lower bound of the rate is over its threshold (and clears when the upper bound
+is under it), so a handful of reviews cannot raise it.
+
 A statistic raises an alarm when it crosses its threshold with at least `min_samples` in the
-window, and clears it below `threshold * clear_ratio` (hysteresis, so a statistic hovering at the
+window, and clears it past `clear_ratio` of the way back (hysteresis, so a statistic hovering at the
 threshold does not flap). Alarms call `on_drift(kind, value, threshold)` once per crossing.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,19 +35,20 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.metrics import Metrics
 from fleet.spec.manifest import ConfidenceHistogram
 
-EPS = 1e-4  # floor for empty bins: PSI is undefined on zero probabilities
+EPS = 1e-4  # floor for empty bins' proportions (as Evidently does): PSI is undefined on zero probabilities
 
 
 class DriftThresholds(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    psi: float = Field(0.2, gt=0, description="0.1 moderate, 0.2 significant shift (industry rule of thumb)")
-    ks: float = Field(0.2, gt=0, le=1)
-    detection_entropy: float = Field(
-        0.15, gt=0, description="rise of the mean detection entropy (nats) over the reference histogram's"
+    psi: float | None = Field(None, gt=0, description="None: derived from the reference (chi-square quantile)")
+    ks: float | None = Field(None, gt=0, le=1, description="None: the two-sample KS critical value")
+    detection_entropy: float | None = Field(
+        None, gt=0, description="rise of the mean detection entropy (nats) over the reference's; "
+        "None: derived from the reference's window-to-window spread"
     )
     class_shift_psi: float = Field(0.25, gt=0)
-    correction_rate: float = Field(0.2, gt=0, le=1)
+    correction_rate: float = Field(0.2, gt=0, le=1, description="alarm when the Wilson lower bound is above it")
     min_accuracy_f1: float = Field(0.92, gt=0, le=1)
 
 
@@ -48,11 +58,69 @@ class DriftConfig(BaseModel):
     window: int = Field(2000, ge=50, description="detections in the confidence window")
     frame_window: int = Field(500, ge=20, description="frames in the class-mix window")
     review_window: int = Field(200, ge=10, description="reviewed items in the correction-rate window")
-    # Under no drift N*PSI is roughly chi-square with bins-1 degrees of freedom: at 20 bins and
-    # 500 samples its extreme tail stays near 0.12, well under the 0.2 threshold.
     min_samples: int = Field(500, ge=10, description="fewer samples than this never alarm")
+    false_alarm_rate: float | None = Field(
+        None, gt=0, lt=0.5, description="per check of one statistic on an unshifted window; "
+        "None: the manifest reference's (default 1e-4)"
+    )
+    review_confidence: float = Field(0.999, gt=0.5, lt=1, description="one-sided level of the Wilson bounds")
     clear_ratio: float = Field(0.8, gt=0, le=1)
     thresholds: DriftThresholds = DriftThresholds()
+
+
+def chi2_quantile(p: float, dof: int) -> float:
+    """Wilson-Hilferty approximation of the chi-square quantile (no scipy on the device): within 3 % of
+    scipy.stats.chi2.ppf for 9+ degrees of freedom and p up to 1 - 1e-6; in the far tail it errs high
+    (fewer false alarms), by up to 7 % at 3 degrees of freedom and p = 1 - 1e-6."""
+    z = NormalDist().inv_cdf(p)
+    k = max(dof, 1)
+    return k * (1 - 2 / (9 * k) + z * math.sqrt(2 / (9 * k))) ** 3
+
+
+def ks_critical(alpha: float, n: int, m: float) -> float:
+    """Asymptotic two-sample Kolmogorov-Smirnov critical value at level alpha for samples of n and m."""
+    return math.sqrt(-math.log(alpha / 2) / 2) * math.sqrt((n + m) / (n * m))
+
+
+def wilson_bounds(successes: float, n: int, z: float) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (lower, upper)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    denom = 1 + z * z / n
+    return max(0.0, (centre - half) / denom), min(1.0, (centre + half) / denom)
+
+
+class ReferenceEntropy:
+    """Mean and spread of one detection's binary entropy under the reference histogram; scores are taken
+    as spread evenly inside each bin (a bin's centre alone misjudges the entropy where it bends most)."""
+
+    def __init__(self, reference: ConfidenceHistogram, points_per_bin: int = 64):
+        edges = np.asarray(reference.edges, np.float64)
+        weights = np.asarray(reference.counts, np.float64)
+        weights = weights / weights.sum()
+        frac = (np.arange(points_per_bin) + 0.5) / points_per_bin
+        grid = edges[:-1, None] + (edges[1:] - edges[:-1])[:, None] * frac[None, :]
+        h = binary_entropy(grid)
+        self.mean = float(np.sum(weights * h.mean(axis=1)))
+        self.sd = float(math.sqrt(max(np.sum(weights * (h**2).mean(axis=1)) - self.mean**2, 0.0)))
+
+
+def derive_thresholds(reference: ConfidenceHistogram, n: int, alpha: float,
+                      entropy: ReferenceEntropy | None = None) -> dict[str, float]:
+    """Critical values of the confidence statistics for a window of n detections (see the module doc)."""
+    counts = np.asarray(reference.counts, np.float64)
+    m = float(counts.sum())
+    k = int(np.count_nonzero(counts))
+    n = max(n, 1)
+    z = NormalDist().inv_cdf(1 - alpha)
+    return {
+        "ks": ks_critical(alpha, n, m),
+        "psi": chi2_quantile(1 - alpha, k - 1) * (1 / n + 1 / m),
+        "detection_entropy": z * (entropy or ReferenceEntropy(reference)).sd * math.sqrt(1 / n + 1 / m),
+    }
 
 
 class SlidingHistogram:
@@ -114,9 +182,11 @@ class SlidingMean:
 
 def psi(expected: np.ndarray, actual: np.ndarray) -> float:
     """Population stability index between two distributions over the same bins."""
-    p = np.clip(np.asarray(expected, np.float64), EPS, None)
-    q = np.clip(np.asarray(actual, np.float64), EPS, None)
-    p, q = p / p.sum(), q / q.sum()
+    p = np.asarray(expected, np.float64)
+    q = np.asarray(actual, np.float64)
+    # The floor goes on proportions, not counts: on counts it is worth EPS/N and an empty bin weighs ln(N/EPS).
+    p = np.clip(p / max(p.sum(), 1e-12), EPS, None)
+    q = np.clip(q / max(q.sum(), 1e-12), EPS, None)
     return float(np.sum((q - p) * np.log(q / p)))
 
 
@@ -158,11 +228,18 @@ class DriftMonitor:
         self.config = config or DriftConfig()
         self.metrics = metrics
         self.on_drift = on_drift
+        self.reference_histogram = reference
         self.reference = np.asarray(reference.counts, np.float64)
         # Expected detection entropy under the reference: the entropy alarm is a rise above it.
-        edges = np.asarray(reference.edges, np.float64)
-        centres = (edges[:-1] + edges[1:]) / 2
-        self.reference_entropy = float(np.sum(self.reference / self.reference.sum() * binary_entropy(centres)))
+        self.entropy_ref = ReferenceEntropy(reference)
+        self.reference_entropy = self.entropy_ref.mean
+        documented = reference.drift_thresholds
+        self.false_alarm_rate = self.config.false_alarm_rate or documented.false_alarm_rate
+        # Stated thresholds (app config first, then the manifest); the rest are derived per window size.
+        self.stated = {k: getattr(self.config.thresholds, k) or getattr(documented, k)
+                       for k in ("ks", "psi", "detection_entropy")}
+        self._derived_for: tuple[int, dict[str, float]] = (-1, {})
+        self.review_z = NormalDist().inv_cdf(self.config.review_confidence)
         self.confidence = SlidingHistogram(np.asarray(reference.edges), self.config.window)
         self.det_entropy = SlidingMean(self.config.window)
         self.frame_entropy = SlidingMean(self.config.frame_window)
@@ -226,27 +303,49 @@ class DriftMonitor:
             out["class_shift_psi"] = psi(self.class_baseline, self.class_counts)
         return out
 
+    def limits(self) -> dict[str, float]:
+        """The thresholds in force for the current window (stated ones, else derived for its size)."""
+        n = self.confidence.n
+        if self._derived_for[0] != n:
+            self._derived_for = (n, derive_thresholds(self.reference_histogram, n, self.false_alarm_rate,
+                                                              self.entropy_ref))
+        derived = self._derived_for[1]
+        t = self.config.thresholds
+        out = {k: self.stated[k] or derived[k] for k in ("ks", "psi", "detection_entropy")}
+        out.update(class_shift_psi=t.class_shift_psi, correction_rate=t.correction_rate,
+                   accuracy_f1=t.min_accuracy_f1)
+        return out
+
     def check(self) -> dict[str, bool]:
         """Evaluate thresholds, update gauges, fire `on_drift` on new crossings. Returns alarm states."""
-        t = self.config.thresholds
         s = self.stats()
+        lim = self.limits()
+        keep = self.config.clear_ratio
         enough = self.confidence.n >= self.config.min_samples
-        checks = {
-            "psi": (s["psi"], t.psi, enough),
-            "ks": (s["ks"], t.ks, enough),
-            "detection_entropy": (
-                None if s["detection_entropy"] is None else s["detection_entropy"] - self.reference_entropy,
-                t.detection_entropy,
-                enough,
-            ),
-            "class_shift_psi": (s["class_shift_psi"], t.class_shift_psi, self.class_baseline is not None),
-            "correction_rate": (
-                s["correction_rate"], t.correction_rate, self.corrections.n >= min(self.config.min_samples, 20)
-            ),
-        }
-        states = {kind: self._update(kind, value, limit, ready) for kind, (value, limit, ready) in checks.items()}
-        if self.accuracy_f1 is not None:  # lower is worse: alarm below the threshold
-            states["accuracy_f1"] = self._update("accuracy_f1", -self.accuracy_f1, -t.min_accuracy_f1, True)
+        states: dict[str, bool] = {}
+        rise = None if s["detection_entropy"] is None else s["detection_entropy"] - self.reference_entropy
+        for kind, value, ready in (
+            ("psi", s["psi"], enough),
+            ("ks", s["ks"], enough),
+            ("detection_entropy", rise, enough),
+            ("class_shift_psi", s["class_shift_psi"], self.class_baseline is not None),
+        ):
+            if value is None or not ready:
+                states[kind] = self._state(kind)
+            else:  # higher is worse: alarm above the limit, clear under limit * clear_ratio
+                states[kind] = self._update(kind, value > lim[kind], value < lim[kind] * keep, value, lim[kind])
+        n_rev = self.corrections.n
+        if n_rev:
+            low, high = wilson_bounds(round(self.corrections.total), n_rev, self.review_z)
+            # Alarm only when even the optimistic end of the interval is over the limit; clear when the
+            # pessimistic end is back under it (the interval itself is the hysteresis).
+            states["correction_rate"] = self._update(
+                "correction_rate", low > lim["correction_rate"], high < lim["correction_rate"],
+                s["correction_rate"], lim["correction_rate"])
+        if self.accuracy_f1 is not None:  # lower is worse: alarm below, clear clear_ratio of the way back
+            f1, floor = self.accuracy_f1, lim["accuracy_f1"]
+            clear_at = floor + (1 - floor) * (1 - keep)
+            states["accuracy_f1"] = self._update("accuracy_f1", f1 < floor, f1 >= clear_at, f1, floor)
         if self.metrics:
             for kind, value in s.items():
                 if value is not None:
@@ -261,17 +360,15 @@ class DriftMonitor:
     def alarming(self) -> bool:
         return any(a.active for a in self.alarms.values())
 
-    def _update(self, kind: str, value: float | None, limit: float, ready: bool) -> bool:
+    def _state(self, kind: str) -> bool:
+        return self.alarms.setdefault(kind, _Alarm()).active
+
+    def _update(self, kind: str, fire: bool, clear: bool, value: float, limit: float) -> bool:
         alarm = self.alarms.setdefault(kind, _Alarm())
-        if value is None or not ready:
-            return alarm.active
-        # Hysteresis on the distance to the limit; limits may be negative (lower-is-worse stats).
-        clear_at = limit * self.config.clear_ratio if limit > 0 else limit / self.config.clear_ratio
-        if not alarm.active and value > limit:
+        if not alarm.active and fire:
             alarm.active = True
             if self.on_drift:
-                shown = -value if kind == "accuracy_f1" else value
-                self.on_drift(kind, shown, abs(limit))
-        elif alarm.active and value < clear_at:
+                self.on_drift(kind, value, limit)
+        elif alarm.active and clear:
             alarm.active = False
         return alarm.active

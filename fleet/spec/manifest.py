@@ -245,11 +245,30 @@ class Provenance(Strict):
     conversion: str = Field(description="how the artifact was produced (a script path or recipe)")
 
 
+class DriftThresholdsDoc(Strict):
+    """Drift thresholds stated for this reference; each one left out is derived from the reference
+    (app.drift.monitors.derive_thresholds), for a window of n detections, m = sum(counts) reference
+    detections and the per-check false-alarm rate a:
+      ks: the two-sample Kolmogorov-Smirnov critical value sqrt(-ln(a/2)/2) * sqrt((n+m)/(n*m));
+      psi: the chi-square quantile chi2(1-a, k-1) * (1/n + 1/m), k = non-empty reference bins
+           (PSI ~ chi-square/n for small shifts);
+      detection_entropy: z(1-a) * sd * sqrt(1/n + 1/m), sd = the spread of one detection's entropy under
+           the reference, so the window-to-window spread of the mean is what the threshold is made of.
+    They assume independent detections; a stream with strongly repeated detections may need stated values."""
+
+    false_alarm_rate: float = Field(1e-4, gt=0, lt=0.5, description="chance that one check of one statistic "
+                                    "alarms on an unshifted window (the bench: <= 1 % per 25,000 detections)")
+    ks: float | None = Field(None, gt=0, le=1)
+    psi: float | None = Field(None, gt=0)
+    detection_entropy: float | None = Field(None, gt=0, description="rise of mean detection entropy, nats")
+
+
 class ConfidenceHistogram(Strict):
     """Reference distribution of detection confidences on the held-out set (for drift)."""
 
     edges: list[Fraction] = Field(min_length=2)
     counts: list[Annotated[int, Field(ge=0)]]
+    drift_thresholds: DriftThresholdsDoc = DriftThresholdsDoc()
 
     @model_validator(mode="after")
     def _consistent(self) -> ConfidenceHistogram:
