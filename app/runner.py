@@ -155,6 +155,10 @@ class Pipeline:
         self._fps_gauge = {s.camera_id: m.camera_fps.labels(s.camera_id) for s in self.sources}
         self._class_counter = [m.predictions.labels(name) for name in self.classes]
         self.evidence = evidence  # an app.evidence.feed.EvidenceFeeder, or None
+        if evidence is not None:  # clips show every frame the camera saw, also those replaced before inference
+            for s in self.sources:
+                if hasattr(s, "on_stale") and s.on_stale is None:
+                    s.on_stale = evidence.add_seen
         self.review = review
         self.sampler = sampler or (ReviewSampler(cfg.sampling) if review is not None else None)
         self.sinks: list[FrameSink] = self._sinks(sinks)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -255,18 +256,16 @@ def print_evidence_and_drift(console, runner) -> None:
         from rich.table import Table
 
         stats = pipe.drift.stats()
-        t = pipe.drift.config.thresholds
-        limits = {"psi": t.psi, "ks": t.ks, "detection_entropy": t.detection_entropy,
-                  "class_shift_psi": t.class_shift_psi, "correction_rate": t.correction_rate}
+        limits = pipe.drift.limits()  # stated, or derived from the reference for this window's size
         table = Table(title=f"drift vs the reference histogram ({pipe.drift.confidence.n} detections in the window)")
         for col in ("statistic", "value", "threshold", "alarm"):
             table.add_column(col, justify="left" if col == "statistic" else "right")
         ref_entropy = getattr(pipe.drift, "reference_entropy", None)  # entropy alarms on a rise over it
         for kind in ("psi", "ks", "mean_confidence", "detection_entropy", "frame_entropy", "class_shift_psi"):
             value, limit = stats.get(kind), limits.get(kind)
-            shown = "-" if limit is None else f"{limit:g}"
+            shown = "-" if limit is None else f"{limit:.3g}"
             if kind == "detection_entropy" and ref_entropy is not None:
-                shown = f"{ref_entropy:.3f} + {limit:g}"
+                shown = f"{ref_entropy:.3f} + {limit:.3g}"
             alarm = pipe.drift.alarms.get(kind)
             table.add_row(kind, "-" if value is None else f"{value:.3f}", shown,
                           "[red]yes[/red]" if alarm and alarm.active else "-")
@@ -275,8 +274,9 @@ def print_evidence_and_drift(console, runner) -> None:
 
 
 def run_live(seconds: float, protocol: str = "grpc", manifest_path: Path = DEFAULT_MANIFEST,
-             config_template: Path = DEMO_CONFIG, console=None) -> dict:
-    """The live demo (see the module docstring). Returns the app's summary plus the events received."""
+             config_template: Path = DEMO_CONFIG, console=None, keep: Path | None = None) -> dict:
+    """The live demo (see the module docstring). Returns the app's summary plus the events received.
+    Its working folder is temporary; `keep` is where the evidence packages are copied before it goes."""
     from rich.console import Console
 
     from fleet.local.mosquitto import mosquitto
@@ -316,11 +316,23 @@ def run_live(seconds: float, protocol: str = "grpc", manifest_path: Path = DEFAU
                                        rtsp_url=camera.url, video=video, mqtt_port=broker.port,
                                        metrics_port=free_port(), manifest=Path(manifest_path).resolve(),
                                        s3_url=s3_url)
-                return _run_app(console, manifest, cfg_path, seconds, broker.port)
+                summary = _run_app(console, manifest, cfg_path, seconds, broker.port)
+                keep_evidence(console, tmp / "evidence", keep)
+                return summary
         finally:
             broker.stop()
             camera.stop()
             server.stop()
+
+
+def keep_evidence(console, evidence: Path, keep: Path | None) -> None:
+    if not evidence.is_dir():
+        return
+    if keep is None:
+        console.print(f"{evidence} is temporary and goes when the demo ends; `edgecv demo --keep DIR` keeps it")
+        return
+    shutil.copytree(evidence, keep, dirs_exist_ok=True)
+    console.print(f"evidence kept in {keep.resolve()}")
 
 
 def _log_to(console) -> None:
@@ -391,9 +403,12 @@ def demo_seconds(value: float | None) -> float:
 @click.option("--protocol", type=click.Choice(["grpc", "http"]), default="grpc", show_default=True)
 @click.option("--once", is_flag=True, help="only send one sample frame through Triton and print its detections")
 @click.option("--manifest", "manifest_path", type=click.Path(path_type=Path), default=DEFAULT_MANIFEST)
-def demo(seconds: float | None, protocol: str, once: bool, manifest_path: Path) -> None:
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="copy the evidence packages (clip.mp4, event.json, thumbnail.jpg) here before the demo's "
+                   "temporary folder is removed")
+def demo(seconds: float | None, protocol: str, once: bool, manifest_path: Path, keep: Path | None) -> None:
     """Run the device app on local Triton, RTSP and MQTT, then print its latency budget table and events."""
     if once:
         run_once(manifest_path, protocol)
         return
-    run_live(demo_seconds(seconds), protocol, manifest_path)
+    run_live(demo_seconds(seconds), protocol, manifest_path, keep=keep)

@@ -4,6 +4,9 @@ JPEG-encoding a frame for the pre-roll ring costs 1-2 ms; the loop hands (frame,
 thread through a bounded queue and goes on. cv2.imencode releases the GIL, so the encode runs beside
 the loop. When the queue is full the newest frame is skipped (counted): a clip with a missing frame
 beats a stalled pipeline.
+
+Clips show what the camera saw: frames a newer frame replaced before inference come in through
+`add_seen` (from the camera's reader thread) and go into the rings without detections.
 """
 
 from __future__ import annotations
@@ -29,8 +32,15 @@ class EvidenceFeeder(threading.Thread):
         self.closed = False
 
     def add(self, frame: Frame, detections: Detections) -> None:
+        self._put((frame, detections))
+
+    def add_seen(self, frame: Frame) -> None:
+        """A frame that never reached inference (replaced by a newer one): evidence only."""
+        self._put((frame, None))
+
+    def _put(self, item: tuple) -> None:
         try:
-            self.queue.put_nowait((frame, detections))
+            self.queue.put_nowait(item)
         except queue.Full:
             self.skipped += 1  # the frame itself went through the pipeline; only its evidence copy is lost
             if self.skipped in (1, 100, 10_000):
@@ -50,7 +60,8 @@ class EvidenceFeeder(threading.Thread):
                     self.events += self.packager.on_event(item)
                 else:
                     frame, dets = item
-                    self.packager.add_frame(frame.camera_id, frame.captured_at, frame.seq, frame.image, dets)
+                    self.packager.add_frame(frame.camera_id, frame.captured_at, frame.seq, frame.image, dets,
+                                            advance=dets is not None)
             except Exception:  # one bad frame must not end evidence for the rest of the run
                 log.exception("evidence feed failed on %r", type(item).__name__)
 

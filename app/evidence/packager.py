@@ -1,13 +1,21 @@
 """Evidence packaging: per-camera pre-roll ring buffer -> clip.mp4 (H.264) + event.json + thumbnail.
 
-Frames are kept JPEG-compressed in a ring capped in bytes, so pre-roll costs little memory.
+Frames are kept JPEG-compressed in a ring capped in bytes, so pre-roll costs little memory. The ring
+holds every frame the camera delivered, also those a newer frame replaced before inference (added
+with `advance=False`: they carry no detections and do not move the post-roll clock, since frames that
+went through inference arrive later than the camera delivered them).
 When an event fires it waits for its post-roll, then the clip is encoded on a worker thread
 (off the hot path) and the package is written atomically: built in a hidden temp directory
 and renamed into place, so the uploader never sees half a package.
+
+The clip is variable frame rate: each frame's pts is its capture time (a camera's rate is neither
+constant nor a whole number), and the MP4 is faststart (moov before mdat) so a browser plays it while
+it downloads.
 """
 
 from __future__ import annotations
 
+import bisect
 import errno
 import json
 import logging
@@ -17,7 +25,7 @@ import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from fractions import Fraction
 from pathlib import Path
 
@@ -34,6 +42,12 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = EVENT_SCHEMA_PATH
+PTS_TIME_BASE = Fraction(1, 90_000)  # the usual video clock: capture times kept to 11 microseconds
+
+
+def iso_utc(t: float) -> str:
+    """A Unix time as ISO 8601 in UTC, to the millisecond: 2026-11-30T19:32:18.123Z."""
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class EvidenceConfig(BaseModel):
@@ -70,9 +84,15 @@ class FrameRing:
         if not ok:
             return
         with self.lock:
-            self.frames.append(StoredFrame(t, seq, buf.tobytes(), detections))
+            stored = StoredFrame(t, seq, buf.tobytes(), detections)
+            # Frames come nearly in capture order (replaced frames overtake the ones still in inference).
+            if not self.frames or self.frames[-1].time <= t:
+                self.frames.append(stored)
+            else:
+                self.frames.insert(bisect.bisect_right(self.frames, t, key=lambda f: f.time), stored)
             self.bytes += len(buf)
-            while self.frames and (self.bytes > self.max_bytes or t - self.frames[0].time > self.max_age_s):
+            newest = self.frames[-1].time
+            while self.frames and (self.bytes > self.max_bytes or newest - self.frames[0].time > self.max_age_s):
                 self.bytes -= len(self.frames.popleft().jpeg)
 
     def attach(self, seq: int, detections: Detections) -> None:
@@ -89,22 +109,30 @@ class FrameRing:
 
 
 def encode_h264(frames: list[np.ndarray], times: list[float], path: Path) -> dict:
-    """Encode BGR frames to a browser-playable MP4 (H.264, yuv420p). Returns clip facts."""
+    """Encode BGR frames to a browser-playable, faststart MP4 (H.264, yuv420p) with each frame's pts at its
+    capture time relative to the first. Returns clip facts."""
     h, w = frames[0].shape[:2]
     w2, h2 = w - w % 2, h - h % 2  # yuv420p needs even sizes
-    duration = max(times[-1] - times[0], 1e-3)
-    fps = max(1, round((len(frames) - 1) / duration)) if len(frames) > 1 else 1
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps))
+    span = times[-1] - times[0]
+    fps = (len(frames) - 1) / span if len(frames) > 1 and span > 0 else 1.0
+    # movflags is an option of the MP4 muxer (the container), not of the encoder: there it is ignored.
+    with av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = w2, h2, "yuv420p"
-        stream.options = {"preset": "veryfast", "crf": "23", "movflags": "+faststart"}
-        for img in frames:
+        stream.time_base = PTS_TIME_BASE
+        stream.codec_context.time_base = PTS_TIME_BASE
+        stream.options = {"preset": "veryfast", "crf": "23"}
+        last = -1
+        for img, t in zip(frames, times, strict=True):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img[:h2, :w2]), format="bgr24")
+            pts = max(round((t - times[0]) / PTS_TIME_BASE), last + 1)  # strictly increasing, as MP4 needs
+            frame.pts, frame.time_base, last = pts, PTS_TIME_BASE, pts
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    return {"fps": fps, "frames": len(frames), "width": w2, "height": h2, "codec": "h264"}
+    return {"fps": round(float(fps), 3), "frames": len(frames), "width": w2, "height": h2, "codec": "h264",
+            "variable_frame_rate": True, "faststart": True}
 
 
 def draw_boxes(image: np.ndarray, dets: Detections | None, class_names: list[str]) -> np.ndarray:
@@ -132,6 +160,15 @@ def _detections_json(dets: Detections | None, class_names: list[str]) -> list[di
         }
         for box, cls, score, tid in zip(dets.boxes, dets.class_ids, dets.scores, dets.track_ids, strict=True)
     ]
+
+
+def _event_frame(event: Event, frames: list[StoredFrame]) -> int:
+    """Index of the event's own frame (its frame_seq), else of the nearest frame that went through inference."""
+    for i, f in enumerate(frames):
+        if f.seq == event.frame_seq:
+            return i
+    candidates = [i for i, f in enumerate(frames) if f.detections is not None] or list(range(len(frames)))
+    return min(candidates, key=lambda i: abs(frames[i].time - event.time))
 
 
 @dataclass
@@ -162,9 +199,12 @@ class EvidencePackager:
         return self.rings[camera_id]
 
     def add_frame(self, camera_id: str, t: float, seq: int, image: np.ndarray,
-                  detections: Detections | None = None) -> None:
+                  detections: Detections | None = None, advance: bool = True) -> None:
+        """`advance=False` for a frame that never reached inference: it goes into the clips but does not
+        complete a post-roll (a frame still in inference may be older than it)."""
         self.ring(camera_id).add(t, seq, image, detections)
-        self._flush_due(t)
+        if advance:
+            self._flush_due(t)
 
     def on_event(self, event: Event) -> bool:
         """Schedule evidence for `event`; False when retention refuses (admit() gives False or its reason)."""
@@ -210,7 +250,8 @@ class EvidencePackager:
                 continue
             if other.camera_id == event.camera_id:
                 relation = "same_track" if other.track_id == event.track_id else "same_camera"
-                out.append({"event_id": other.event_id, "time": other.time, "rule": other.rule, "relation": relation})
+                out.append({"event_id": other.event_id, "time": other.time, "time_utc": iso_utc(other.time),
+                            "rule": other.rule, "relation": relation})
         return out
 
     def _write(self, event: Event, frames: list[StoredFrame], related: list[dict]) -> Path | None:
@@ -221,8 +262,10 @@ class EvidencePackager:
             tmp.mkdir(parents=True)
             images = [cv2.imdecode(np.frombuffer(f.jpeg, np.uint8), cv2.IMREAD_COLOR) for f in frames]
             clip = encode_h264(images, [f.time for f in frames], tmp / "clip.mp4")
-            clip.update(file="clip.mp4", start_time=frames[0].time, end_time=frames[-1].time)
-            nearest = min(range(len(frames)), key=lambda i: abs(frames[i].time - event.time))
+            clip.update(file="clip.mp4", start_time=frames[0].time, end_time=frames[-1].time,
+                        start_time_utc=iso_utc(frames[0].time), end_time_utc=iso_utc(frames[-1].time),
+                        event_offset_s=round(event.time - frames[0].time, 6))
+            nearest = _event_frame(event, frames)
             thumb = draw_boxes(images[nearest], frames[nearest].detections, self.class_names)
             cv2.imwrite(str(tmp / "thumbnail.jpg"), thumb)
             doc = self._document(event, frames, clip, related)
@@ -243,11 +286,16 @@ class EvidencePackager:
             return None
 
     def _document(self, event: Event, frames: list[StoredFrame], clip: dict, related: list[dict]) -> dict:
+        # The rule's own facts, as the MQTT payload carries them (zone, line, direction, dwell_s).
+        where = {k: event.extra[k] for k in ("zone", "line", "direction", "dwell_s") if k in event.extra}
         return {
             "schema_version": SCHEMA_VERSION,
             "event_id": event.event_id,
-            "created_at": datetime.now(UTC).isoformat(),
+            "created_at": iso_utc(datetime.now(timezone.utc).timestamp()),
             "event_time": event.time,
+            "event_time_utc": iso_utc(event.time),
+            "frame_seq": int(event.frame_seq),
+            **where,
             "site": event.site_id,
             "device": event.device_id,
             "camera": event.camera_id,
@@ -260,7 +308,9 @@ class EvidencePackager:
             "clip": clip,
             "thumbnail": "thumbnail.jpg",
             "frames": [
-                {"index": i, "time": f.time, "seq": f.seq, "detections": _detections_json(f.detections, self.class_names)}
+                {"index": i, "time": f.time, "time_utc": iso_utc(f.time), "seq": f.seq,
+                 "inferred": f.detections is not None,
+                 "detections": _detections_json(f.detections, self.class_names)}
                 for i, f in enumerate(frames)
             ],
             "context": {"window_s": self.config.context_window_s, "related_events": related},

@@ -84,11 +84,13 @@ class CameraReader:
         backoff_max_s: float = 10.0,
         metrics=None,
         on_frame: Callable[[], None] | None = None,
+        on_stale: Callable[[Frame], None] | None = None,
     ):
         self.camera_id, self.source, self.is_stream, self.fps = camera_id, source, is_stream, fps
         self.open_timeout_ms, self.read_timeout_ms = open_timeout_ms, read_timeout_ms
         self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
         self.metrics, self.on_frame = metrics, on_frame
+        self.on_stale = on_stale  # gets each frame replaced before it was taken (evidence keeps them)
         self.slot = FrameSlot()
         self.frames_read = 0  # frames delivered to the slot
         self.dropped = 0  # frames overwritten in the slot before being taken
@@ -268,6 +270,8 @@ class CameraReader:
             self.dropped += 1
             if self.metrics is not None:
                 self.metrics.frames_dropped.labels(self.camera_id, "stale").inc()
+            if self.on_stale is not None:
+                self.on_stale(old)
         if self.on_frame is not None:
             self.on_frame()
 

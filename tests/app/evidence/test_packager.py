@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -13,9 +15,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from app.evidence.feed import EvidenceFeeder
 from app.evidence.packager import SCHEMA_PATH, EvidenceConfig, EvidencePackager, FrameRing
 from app.metrics import Metrics
-from app.pipeline.types import Detections, Event
+from app.pipeline.capture import CameraReader
+from app.pipeline.types import Detections, Event, Frame
 from fleet.cli import main
 
 CLASSES = ["person", "car"]
@@ -131,3 +135,122 @@ def test_export_bundles_one_event(packager: EvidencePackager, tmp_path: Path):
         assert sorted(z.namelist()) == ["evt-1/clip.mp4", "evt-1/event.json", "evt-1/thumbnail.jpg"]
     missing = CliRunner().invoke(main, ["evidence", "export", "nope", "--dir", str(package.parent)])
     assert missing.exit_code == 1 and "not found" in missing.output
+
+
+# --- clips an analyst can trust (issue 22) ----------------------------------------------------------------
+
+
+def top_level_atoms(path: Path) -> list[str]:
+    data, out, i = path.read_bytes(), [], 0
+    while i + 8 <= len(data):
+        size, kind = int.from_bytes(data[i:i + 4], "big"), data[i + 4:i + 8].decode("latin-1")
+        if size == 1:
+            size = int.from_bytes(data[i + 8:i + 16], "big")
+        out.append(kind)
+        i += size if size else len(data)
+    return out
+
+
+def ffprobe_pts(path: Path) -> list[float]:
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries", "frame=pts_time",
+                          "-of", "csv=p=0", str(path)], capture_output=True, text=True, check=True).stdout
+    return [float(line.split(",")[0]) for line in out.split() if line.strip(",")]
+
+
+def test_clip_is_faststart_and_each_frame_plays_at_its_capture_time(packager: EvidencePackager):
+    """A 7.5 fps camera with jitter: the old clip was 7 fps constant, 9.87 s played as 10.71 s."""
+    rng = np.random.default_rng(0)
+    times = 1000.0 + np.cumsum(rng.uniform(0.9, 1.1, 120) / 7.5)
+    for i, t in enumerate(times[:60]):
+        packager.add_frame("cam-1", float(t), i, frame(i), dets(i))
+    assert packager.on_event(event(float(times[50]), "evt-vfr"))  # frame_seq 50
+    for i, t in enumerate(times[60:], start=60):
+        packager.add_frame("cam-1", float(t), i, frame(i), dets(i))
+    [package] = packager.flush_all()
+    clip = package / "clip.mp4"
+    atoms = top_level_atoms(clip)
+    assert atoms.index("moov") < atoms.index("mdat"), atoms
+    doc = json.loads((package / "event.json").read_text())
+    start = doc["clip"]["start_time"]
+    pts = ffprobe_pts(clip)
+    assert pts == pytest.approx([f["time"] - start for f in doc["frames"]], abs=1e-4)
+    [event_index] = [f["index"] for f in doc["frames"] if f["seq"] == 50]
+    assert doc["clip"]["event_offset_s"] == pytest.approx(times[50] - start, abs=1e-6)
+    assert pts[event_index] == pytest.approx(doc["clip"]["event_offset_s"], abs=1e-4)
+    assert doc["clip"]["fps"] == pytest.approx(7.5, rel=0.05) and doc["clip"]["variable_frame_rate"]
+
+
+def test_clip_holds_the_frames_replaced_before_inference(tmp_path: Path):
+    """Frames a newer one replaced before inference reach the feeder first (from the camera thread) and the
+    inferred ones later: the clip has every frame, in capture order, and only inferred ones carry boxes."""
+    packager = EvidencePackager(EvidenceConfig(dir=tmp_path, pre_roll_s=2, post_roll_s=2), CLASSES)
+    feeder = EvidenceFeeder(packager)
+    feeder.start()
+    t0 = 1000.0
+
+    def f(i: int) -> Frame:
+        return Frame("cam-1", i, t0 + i / FPS, frame(i))
+
+    inferred = set(range(0, 60, 3))  # two of every three frames were replaced before inference
+    for i in range(60):
+        if i not in inferred:
+            feeder.add_seen(f(i))
+        elif i >= 3:  # an inferred frame arrives after the replaced ones captured while it was in inference
+            feeder.add(f(i - 3), dets(i - 3))
+        if i == 33:
+            feeder.on_event(Event("evt-all", t0 + 30 / FPS, "s", "d", "cam-1", "door", "zone_intrusion", "person",
+                                  0.9, (0, 0, 1, 1), 7, "tiny@1.0.0", frame_seq=30))
+    feeder.add(f(57), dets(57))
+    [package] = feeder.close()
+    doc = json.loads((package / "event.json").read_text())
+    seqs = [fr["seq"] for fr in doc["frames"]]
+    assert seqs == list(range(10, 51)), "every frame from pre-roll to post-roll, in capture order"
+    assert [fr["seq"] for fr in doc["frames"] if fr["inferred"]] == [s for s in seqs if s in inferred]
+    assert all(fr["detections"] == [] for fr in doc["frames"] if not fr["inferred"])
+    with av.open(str(package / "clip.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == len(seqs)
+
+
+def test_the_camera_hands_replaced_frames_to_evidence():
+    seen: list[int] = []
+    reader = CameraReader("cam-1", "unused.mp4", is_stream=False, on_stale=lambda fr: seen.append(fr.seq))
+    for _ in range(3):
+        reader._deliver(frame(0), 0.0)  # nobody takes: each new frame replaces the last
+    assert seen == [0, 1] and reader.take().seq == 2
+
+
+def test_event_json_has_utc_times_and_the_rules_facts(packager: EvidencePackager):
+    feed(packager, 0, 60)
+    e = Event("evt-line", 1005.0, "site-a", "dev-1", "cam-1", "gate", "line_crossing", "person", 0.9,
+              (10.0, 105.0, 40.0, 135.0), 7, "tiny@1.0.0", frame_seq=50,
+              extra={"line": "gate-line", "direction": "b_to_a"})
+    packager.on_event(e)
+    feed(packager, 60, 120)
+    [package] = packager.flush_all()
+    doc = json.loads((package / "event.json").read_text())
+    jsonschema.validate(doc, json.loads(SCHEMA_PATH.read_text()))
+    assert doc["event_time"] == 1005.0 and doc["event_time_utc"] == "1970-01-01T00:16:45.000Z"
+    assert doc["frame_seq"] == 50 and (doc["line"], doc["direction"]) == ("gate-line", "b_to_a")
+    assert "zone" not in doc and "dwell_s" not in doc
+    assert doc["clip"]["start_time_utc"] == "1970-01-01T00:16:40.000Z"
+    assert doc["frames"][0]["time_utc"] == "1970-01-01T00:16:40.000Z"
+    assert doc["created_at"].endswith("Z")
+    dwell = packager._document(replace(e, extra={"zone": "door", "dwell_s": 4.0}), [], {}, [])
+    assert (dwell["zone"], dwell["dwell_s"]) == ("door", 4.0)
+
+
+def test_demo_keeps_evidence_when_asked(packager: EvidencePackager, tmp_path: Path):
+    from rich.console import Console
+
+    from fleet.demo import keep_evidence
+
+    feed(packager, 0, 60)
+    packager.on_event(event(1003.0))
+    feed(packager, 60, 90)
+    [package] = packager.flush_all()
+    console = Console(record=True, width=200)
+    keep_evidence(console, package.parent, None)
+    assert "--keep DIR" in console.export_text()
+    keep_evidence(console, package.parent, tmp_path / "kept")
+    assert (tmp_path / "kept" / "evt-1" / "clip.mp4").is_file()
+    assert str((tmp_path / "kept").resolve()) in console.export_text().replace("\n", "")
