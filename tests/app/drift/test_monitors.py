@@ -303,3 +303,13 @@ def ks_critical_for(reference, n, alpha):
     from app.drift.monitors import ks_critical
 
     return ks_critical(alpha, n, sum(reference.counts))
+
+
+def test_a_bad_stated_threshold_names_its_field():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as err:
+        ConfidenceHistogram.model_validate(
+            {"edges": [0, 0.5, 1], "counts": [1, 2], "drift_thresholds": {"false_alarm_rate": 0.7, "ks": 0}})
+    fields = {".".join(map(str, e["loc"])) for e in err.value.errors()}
+    assert fields == {"drift_thresholds.false_alarm_rate", "drift_thresholds.ks"}
