@@ -148,7 +148,7 @@ def test_evidence_drift_and_review_flow_from_the_running_app(tmp_path, triton_se
     drift = [p for topic, p in sub.messages if topic == f"edgecv/{SITE}/{DEVICE}/drift"]
     assert any(p["kind"] == "psi" for p in drift), (summary, [t for t, _ in sub.messages][:20])
     psi_event = next(p for p in drift if p["kind"] == "psi")
-    assert psi_event["value"] > psi_event["threshold"] == 0.2
+    assert psi_event["value"] > psi_event["threshold"] > 0  # the critical value for the window, not 0.2
     assert psi_event["model"] == "nanodet-m@1.0.0" and psi_event["site"] == SITE and psi_event["device"] == DEVICE
     assert summary["drift"]["psi"] > 1.0 and summary["drift"]["mean_confidence"] >= 0.35
 
@@ -166,9 +166,13 @@ def test_evidence_drift_and_review_flow_from_the_running_app(tmp_path, triton_se
         t, clip = doc["event_time"], doc["clip"]
         if t - PRE >= started + 1.0 and t + POST <= stopped - 0.5:  # neither cut by the start nor by the stop
             full += 1
-            # The clip holds exactly the processed frames within [t - PRE, t + POST].
+            # The clip holds every frame the camera delivered within [t - PRE, t + POST]: the processed ones
+            # (with their detections) and those a newer frame replaced before inference.
             times = [f["time"] for f in doc["frames"]]
-            assert times == [x for x in processed if t - PRE <= x <= t + POST]
+            assert [f["time"] for f in doc["frames"] if f["inferred"]] == [
+                x for x in processed if t - PRE <= x <= t + POST]
+            seqs = [f["seq"] for f in doc["frames"]]
+            assert seqs == list(range(seqs[0], seqs[-1] + 1)) and times == sorted(times)
             assert clip["start_time"] == times[0] and clip["end_time"] == times[-1]
             assert clip["end_time"] - clip["start_time"] >= PRE + POST - 1.0
             with av.open(str(pkg / "clip.mp4")) as c:
