@@ -61,7 +61,7 @@ class DriftConfig(BaseModel):
     min_samples: int = Field(500, ge=10, description="fewer samples than this never alarm")
     false_alarm_rate: float | None = Field(
         None, gt=0, lt=0.5, description="per check of one statistic on an unshifted window; "
-        "None: the manifest reference's (default 1e-4)"
+        "None: the manifest reference's (default 1e-5)"
     )
     review_confidence: float = Field(0.999, gt=0.5, lt=1, description="one-sided level of the Wilson bounds")
     clear_ratio: float = Field(0.8, gt=0, le=1)
