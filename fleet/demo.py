@@ -406,9 +406,21 @@ def demo_seconds(value: float | None) -> float:
 @click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="copy the evidence packages (clip.mp4, event.json, thumbnail.jpg) here before the demo's "
                    "temporary folder is removed")
-def demo(seconds: float | None, protocol: str, once: bool, manifest_path: Path, keep: Path | None) -> None:
-    """Run the device app on local Triton, RTSP and MQTT, then print its latency budget table and events."""
+@click.option("--rehearsal/--no-rehearsal", default=True, show_default=True,
+              help="after the device pipeline, rehearse the example fleet's rollout policy on 60 simulated devices")
+def demo(seconds: float | None, protocol: str, once: bool, manifest_path: Path, keep: Path | None,
+         rehearsal: bool) -> None:
+    """Run the device app on local Triton, RTSP and MQTT, then print its latency budget table and events;
+    then a short rollout rehearsal (canary passes, the pilot regresses, the rollout rolls back)."""
     if once:
         run_once(manifest_path, protocol)
         return
     run_live(demo_seconds(seconds), protocol, manifest_path, keep=keep)
+    if rehearsal:
+        from fleet.rollout.rehearse import demo_rehearsal
+
+        click.echo("\n== rollout rehearsal: fleets/example-fleet.yaml on 60 simulated devices, "
+                   "fps collapses on the pilot's devices ==")
+        demo_rehearsal(out=click.echo)
+    click.echo("\nNext: `.venv/bin/edgecv review demo` fills a local review service from the pipeline's own "
+               "flagged items and prints its URL and a login.")
