@@ -7,7 +7,7 @@ PIP   := $(VENV)/bin/pip
 # nvidia-pytriton wheel links the system libpython3.11, and GStreamer's python3-gi is built for it.
 SYSTEM_PYTHON := /usr/bin/python3
 
-# Debian packages the demo and the tests start for real (see DESIGN.md, "Real parts").
+# Debian packages the demo and the tests start for real (ARCHITECTURE.md, "Real parts").
 # libgl1: the cv2 of opencv-python (which `trackers`, in the dev extra, pulls in) links libGL.
 APT_PACKAGES := python3-venv python3-dev python3-gi gir1.2-gst-rtsp-server-1.0 gir1.2-gst-plugins-base-1.0 \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-libav \
