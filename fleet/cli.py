@@ -13,6 +13,8 @@ import click
 COMMANDS = {
     "validate": "fleet.cli:validate",
     "gates": "fleet.gates.cli:gates",
+    "eval": "fleet.gates.cli:eval_cmd",
+    "release": "fleet.release.cli:release",
     "triton": "fleet.triton.cli:triton",
     "app": "app.cli:app_group",
     "evidence": "app.evidence.cli:evidence",

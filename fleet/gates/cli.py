@@ -119,3 +119,51 @@ def _print_latency(console: Console, m: ModelManifest, lat: list[StageResult]) -
 def _bad(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
+
+
+@click.command(name="eval")
+@click.argument("manifest", type=PathArg)
+@click.option("--ground-truth", type=PathArg, default=None,
+              help="held-out set, COCO JSON with images[].file_name and images[].site "
+                   "(default: eval/ground_truth.json beside the manifest)")
+@click.option("--images", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="folder of the images (default: images/ beside the ground truth)")
+@click.option("--runtime", type=click.Choice(["triton", "onnxruntime"]), default="triton", show_default=True,
+              help="Triton serving the rendered repository (load time measured), or onnxruntime for CPU CI")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="report folder (default: reports/<version>/ beside the manifest); replaced as a whole")
+@click.option("--root", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="registry root file:// uris resolve against (default: the folder holding models/)")
+def eval_cmd(manifest: Path, ground_truth: Path | None, images: Path | None, runtime: str, out: Path | None,
+             root: Path | None) -> None:
+    """Run MANIFEST's exact artifact (sha256 checked) over its held-out set with the device's preprocessing
+    and decoder, then judge it: per class, per site, support, load time. Writes report.json, report.md,
+    predictions.json and confusion_matrix.png.
+
+    Exit status: 0 the gates pass, 1 a gate fails (the report says which), 2 bad input (nothing written).
+    """
+    from fleet.gates.eval import run_eval
+    from fleet.gates.evalset import load_eval_set
+    from fleet.spec.base import registry_root_of
+
+    try:
+        m = load_manifest(manifest, root)
+    except ValidationFailed as exc:
+        _bad(f"invalid manifest:\n{exc}")
+    root = root or registry_root_of(manifest)
+    ground_truth = ground_truth or manifest.parent / "eval" / "ground_truth.json"
+    out = out or manifest.parent / "reports" / m.version
+    try:
+        evalset = load_eval_set(ground_truth, m.classes, images)
+        outcome = run_eval(m, manifest, evalset, out, root, runtime)
+    except GatesInputError as exc:
+        _bad(str(exc))
+    console = Console(width=120)
+    _print_accuracy(console, m, outcome.acc)
+    doc = outcome.doc
+    console.print(f"artifact sha256 {doc['artifact']['sha256']}; evaluation set digest {doc['eval_set']['digest']}")
+    console.print(f"{doc['throughput']['images']} images in {doc['throughput']['seconds']} s "
+                  f"({outcome.images_per_s:.1f} images/s, {runtime}); load time {doc['load_time']['seconds']} s "
+                  f"({doc['load_time']['verdict']})")
+    console.print(f"{'PASS' if outcome.passed else 'FAIL'}: report in {out}/")
+    sys.exit(0 if outcome.passed else 1)

@@ -37,7 +37,7 @@ from fleet.rollout.state import (
     read_state,
     read_theirs,
 )
-from fleet.spec.fleetspec import APP_TAG, MODEL_TAG, Analysis, FleetSpec, RolloutPolicy
+from fleet.spec.fleetspec import APP_TAG, MODEL_TAG, Analysis, FleetSpec, RolloutPolicy, release_tags, tags_match
 from fleet.spec.manifest import ModelManifest
 
 
@@ -68,18 +68,14 @@ class Desired:
 
     @property
     def tags(self) -> str:
-        return f"{APP_TAG}={self.app}, {MODEL_TAG}={','.join(self.models)}"
-
-
-def _model_set(value: str | None) -> tuple[str, ...]:
-    return tuple(sorted(v.strip() for v in (value or "").split(",") if v.strip()))
+        return ", ".join(f"{k}={v}" for k, v in release_tags(self.app, self.models).items())
 
 
 def resolve_release(desired: Desired, observed: Observed, unusable_ok: bool = False) -> Release:
     """The release the fleet file asks for. `unusable_ok`: an invalidated or failed one is returned when a
     rollout of it was started (it must stay possible to unwind it)."""
-    tagged = [r for r in observed.releases
-              if r.tags.get(APP_TAG) == desired.app and _model_set(r.tags.get(MODEL_TAG)) == desired.models]
+    wanted = release_tags(desired.app, desired.models)  # the build's tags (edgecv release tags)
+    tagged = [r for r in observed.releases if tags_match(r.tags, wanted)]
     if desired.commit:
         tagged = [r for r in tagged if r.commit.startswith(desired.commit)]
     where = f"fleet {observed.slug}"

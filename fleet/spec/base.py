@@ -31,6 +31,10 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def registry_root_of(document: Path) -> Path:
     """The registry root a document's relative paths resolve against when none is given explicitly:
     the folder holding `models/` and `fleets/` (models/<name>/manifest.yaml, fleets/<fleet>.yaml)."""

@@ -9,6 +9,7 @@ Model manifest paths are relative to the repository root: the parent of the flee
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
@@ -26,6 +27,21 @@ KIND = "fleet"
 APP_TAG = "edgecv.app"  # release tag: the app version the release build packed
 MODEL_TAG = "edgecv.model"  # release tag: comma-separated model refs name@version, sorted
 
+
+def release_tags(app: str, model_refs: Iterable[str]) -> dict[str, str]:
+    """The release tags a release build sets (`edgecv release tags`) and the controller looks for:
+    the one definition of how a release says what it carries."""
+    return {APP_TAG: app, MODEL_TAG: ",".join(sorted(model_refs))}
+
+
+def model_refs_of(tag_value: str | None) -> tuple[str, ...]:
+    """The sorted model refs in an edgecv.model tag value (spaces and order do not matter)."""
+    return tuple(sorted(v.strip() for v in (tag_value or "").split(",") if v.strip()))
+
+
+def tags_match(tags: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
+    """Whether a release's tags carry what `release_tags` asks for (the controller's match)."""
+    return tags.get(APP_TAG) == wanted[APP_TAG] and model_refs_of(tags.get(MODEL_TAG)) == model_refs_of(wanted[MODEL_TAG])
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration)]
@@ -202,6 +218,9 @@ class FleetSpec(Strict):
     release: ReleaseSpec
     rollout: RolloutPolicy
     analysis: Analysis = Analysis()
+
+    def release_tags(self, manifests: Iterable[ModelManifest]) -> dict[str, str]:
+        return release_tags(self.release.app, (m.ref for m in manifests))
 
 
 def check_fleet_references(doc: YamlDoc, spec: FleetSpec, root: Path | None = None) -> list[Problem]:

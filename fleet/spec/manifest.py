@@ -5,6 +5,7 @@ Every field is validated; unknown keys are errors so that typos never pass silen
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -214,6 +215,18 @@ class ClassGate(Strict):
     f1: Fraction = 0.92
 
 
+class Waiver(Strict):
+    """A deliberate, dated exception: this version may ship without a passing gate report bound to its sha256.
+    The rollout plan shows it in bold; past `until` it is an error, never a silent pass."""
+
+    who: str = Field(min_length=1, description="who accepts the risk (a person, not a team alias)")
+    why: str = Field(min_length=10, description="why shipping ungated is acceptable, and what replaces the gate")
+    until: date = Field(description="last day the waiver holds (YYYY-MM-DD)")
+
+
+DEFAULT_MIN_SUPPORT = 1000  # ground-truth boxes per gated class below which a verdict is not trusted
+
+
 class Gates(Strict):
     iou_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
     score_threshold: Fraction = 0.35
@@ -222,6 +235,10 @@ class Gates(Strict):
     evaluate: list[str] | None = Field(
         default=None, description="classes the gate applies to (default: every class in the ground truth)"
     )
+    min_support: Annotated[int, Field(ge=1)] = Field(
+        default=DEFAULT_MIN_SUPPORT, description="ground-truth boxes a gated class needs; fewer fails closed"
+    )
+    waiver: Waiver | None = Field(default=None, description="ship without a bound, passing gate report (dated)")
 
     def for_class(self, name: str) -> ClassGate:
         return self.classes.get(name, self.default)
