@@ -63,12 +63,16 @@ def main() -> None:
 def validate(paths: tuple[Path, ...], kind: str | None, root: Path | None) -> None:
     """Check model manifests and fleet files: the schema comes from each file's kind: field.
 
-    With no PATHS, checks models/**/manifest.yaml and fleets/*.yaml under the root. Prints one
-    problem per line as FILE:LINE: FIELD: MESSAGE and exits 1 if any.
+    With no PATHS, checks models/**/manifest.yaml and fleets/*.yaml under the root. Every model a fleet
+    file releases must be gated: a passing `edgecv eval` report for the manifest's artifact sha256, or a
+    gates.waiver not past its date. Prints one problem per line as FILE:LINE: FIELD: MESSAGE and exits 1 if any.
     """
+    from fleet.gates.binding import binding_problems
     from fleet.spec.validate import validate_paths
 
     files, problems = validate_paths(list(paths), root=root, kind=kind)
+    # Gate binding: what a fleet releases must carry a passing report for its sha256, or a dated waiver.
+    problems += binding_problems([f for f in files if not any(p.path == f for p in problems)], root)
     for p in problems:
         click.echo(str(p), err=True)
     if problems:

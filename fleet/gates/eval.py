@@ -30,14 +30,13 @@ from app.pipeline.postprocess import decoder_for
 from app.pipeline.preprocess import Preprocessor
 from fleet.gates import report as gates_report
 from fleet.gates.accuracy import AccuracyReport, GatesInputError, evaluate
+from fleet.gates.binding import REPORT_KIND
 from fleet.gates.cocoeval import Boxes
 from fleet.gates.evalset import EvalSet, FrameReader
 from fleet.gates.runtime import LOAD_BUDGET_S, RUNTIMES
 from fleet.gates.support import SiteResult, class_support, per_site, support_failures
 from fleet.spec.base import sha256_bytes
 from fleet.spec.manifest import ModelManifest
-
-REPORT_KIND = "gate-report"
 
 
 def tool_version() -> str:

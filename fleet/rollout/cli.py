@@ -30,7 +30,8 @@ class Ctx:
     def __init__(self, api_url: str | None, prometheus: str | None, batch: int):
         self.api_url, self.prometheus, self.batch = api_url, prometheus, batch
 
-    def controller(self, path: Path, verbose: bool = True):
+    def controller(self, path: Path, verbose: bool = True, gated: bool = True):
+        from fleet.gates.binding import require_gated
         from fleet.rollout.analysis import Analyzer, Prometheus
         from fleet.rollout.balena_client import connect
         from fleet.rollout.controller import Controller
@@ -41,6 +42,8 @@ class Ctx:
             spec, manifests = load_fleet(path)
         except ValidationFailed as exc:
             raise click.ClickException(f"invalid fleet file:\n{exc}") from exc
+        # Moving forward needs every model gated (PlanRefused otherwise); status, abort and rollback never do.
+        self.gates = require_gated(path, manifests) if gated else []
         prom_url = self.prometheus or spec.analysis.prometheus
         analyzer = Analyzer(Prometheus(prom_url), spec.analysis, list(manifests.values())) if prom_url else None
         log = (lambda line: click.echo(f"  {line}")) if verbose else (lambda line: None)
@@ -101,12 +104,19 @@ fleets_arg = click.argument("fleets", nargs=-1, type=click.Path(exists=True, dir
 @_errors
 def plan(obj: Ctx, fleets: tuple[Path, ...], fmt: str) -> None:
     """Show what a reconcile pass would change (read-only)."""
+    from fleet.gates.binding import render, render_refused
     from fleet.rollout.planner import PlanRefused
     from fleet.rollout.report import render_plan
 
     failed = False
     for path in _fleet_files(fleets):
-        c = obj.controller(path, verbose=False)
+        try:
+            c = obj.controller(path, verbose=False)
+        except PlanRefused as exc:  # models not gated: the plan comment says which and why
+            failed = True
+            click.echo(render_refused(path, str(exc), fmt == "markdown"))
+            continue
+        gates = render(obj.gates, fmt == "markdown")  # after the plan; waivers in bold
         observed = c.observe()
         try:
             result = c.plan(observed)
@@ -117,6 +127,7 @@ def plan(obj: Ctx, fleets: tuple[Path, ...], fmt: str) -> None:
         except ValueError as exc:  # e.g. a damaged rollout tag: this fleet's comment says so, the others render
             failed = True
             click.echo(render_plan(c.desired, observed, [], fmt == "markdown", error=f"{type(exc).__name__}: {exc}"))
+        click.echo(gates)
     sys.exit(2 if failed else 0)
 
 
@@ -187,7 +198,7 @@ def status(obj: Ctx, fleets: tuple[Path, ...], fmt: str) -> None:
     from fleet.rollout.report import render_status
 
     for path in _fleet_files(fleets):
-        c = obj.controller(path, verbose=False)
+        c = obj.controller(path, verbose=False, gated=False)
         click.echo(render_status(c.desired, c.observe(), c.clock(), fmt == "markdown"))
 
 
@@ -200,7 +211,7 @@ def _command(name: str, help_text: str):
     def cmd(obj: Ctx, fleet: Path, by: str | None) -> None:
         import getpass
 
-        c = obj.controller(fleet)
+        c = obj.controller(fleet, gated=name in ("promote", "resume"))
         c.command(name, by or getpass.getuser())
         click.echo(f"{name}: done")
 
