@@ -14,13 +14,13 @@ APT_PACKAGES := python3-venv python3-dev python3-gi gir1.2-gst-rtsp-server-1.0 g
 	gstreamer1.0-tools opencv-doc ffmpeg mosquitto mosquitto-clients prometheus prometheus-node-exporter \
 	chromium chromium-driver postgresql libb64-0d \
 	systemd-container debootstrap apt-cacher-ng iproute2 openssh-client bridge-utils \
-	libgl1
+	libgl1 nodejs npm
 
 EXTRAS := server,fleet,review,cloud,train,dev
 
-.PHONY: setup apt venv demo test lint test-fast clean clean-hosts lock bench
+.PHONY: setup apt venv node-tools demo test lint test-fast clean clean-hosts lock bench
 
-setup: apt venv
+setup: apt venv node-tools
 
 apt: $(VENV)/.apt-stamp
 $(VENV)/.apt-stamp:
@@ -40,6 +40,13 @@ $(VENV)/.pip-stamp: pyproject.toml constraints.txt | $(VENV)/.apt-stamp
 	$(PIP) install -q --upgrade pip==26.3 wheel==0.48.0 setuptools==84.2.1
 	@# -qq: setuptools warns about every flat-layout editable install; errors still show.
 	$(PIP) install -qq -c constraints.txt -e ".[$(EXTRAS)]"
+	touch $@
+
+# balena's own compose parser for tests/balena (npm, pinned by its package-lock.json; no install scripts).
+BALENA_COMPOSE := tests/tools/balena-compose
+node-tools: $(BALENA_COMPOSE)/node_modules/.stamp
+$(BALENA_COMPOSE)/node_modules/.stamp: $(BALENA_COMPOSE)/package-lock.json | $(VENV)/.apt-stamp
+	npm ci --prefix $(BALENA_COMPOSE) --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
 
 # Re-pin every dependency after changing pyproject.toml.
