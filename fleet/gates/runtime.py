@@ -15,8 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from fleet.spec.manifest import ModelManifest
-
-LOAD_BUDGET_S = 30.0  # the blueprint's start-up budget for a model to load in Triton
+from fleet.triton.load_time import LOAD_BUDGET_S, model_load_seconds  # noqa: F401 (LOAD_BUDGET_S re-exported)
 
 
 class Runtime(Protocol):
@@ -59,6 +58,11 @@ class TritonRuntime:
     def __init__(self, manifest: ModelManifest, artifact: bytes, workdir: Path | None = None):
         import tritonclient.http as http
 
+        if manifest.triton.fused_preprocess or manifest.triton.server_decode:
+            # The device then sends uint8 frames / reads fused detections: not what this evaluation drives.
+            raise ValueError(f"{manifest.ref}: triton.fused_preprocess/server_decode: evaluate the artifact with "
+                             "--runtime onnxruntime")
+
         from fleet.local.triton import triton
         from fleet.triton.render import render
 
@@ -72,10 +76,7 @@ class TritonRuntime:
         try:
             self.client = http.InferenceServerClient(self.server.http_url, network_timeout=120.0)
             self.model = manifest.name
-            self.client.unload_model(self.model)
-            start = time.perf_counter()
-            self.client.load_model(self.model)
-            self.load_seconds = time.perf_counter() - start
+            self.load_seconds = model_load_seconds(self.server.http_url, self.model, timeout_s=120.0)
             if not self.client.is_model_ready(self.model):
                 raise RuntimeError(f"Triton did not load {self.model}:\n{self.server.log_tail()}")
         except BaseException:
