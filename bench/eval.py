@@ -1,7 +1,6 @@
 """`edgecv eval` throughput on the synthetic-shapes held-out set, and model load time in Triton.
 
-    .venv/bin/python models/synthetic-shapes/make_eval.py --check   # the images, once
-    .venv/bin/python bench/eval.py [--images 1300] [--load-times]
+    .venv/bin/python bench/eval.py [--load-times]   # makes the images first if they are missing
 
 Baseline, same run, same images in memory: the bare model (onnxruntime, batches of the manifest's max
 batch size, the training code's own tensor conversion, no decoding). `edgecv eval` adds what makes its
@@ -13,6 +12,8 @@ local Triton (rendered repository, explicit load) and prints the seconds against
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -49,6 +50,8 @@ def main() -> None:
     ap.add_argument("--load-times", action="store_true", help="also load both bundled models in Triton")
     args = ap.parse_args()
     m = load_manifest(SHAPES)
+    if not (SHAPES.parent / "eval/images").is_dir():  # generated, not committed: make them (and check them)
+        subprocess.run([sys.executable, str(SHAPES.parent / "make_eval.py"), "--check"], check=True)
     evalset = load_eval_set(SHAPES.parent / "eval/ground_truth.json", m.classes)
     n = len(evalset.images)
     base = bare_model(m, evalset, n)
