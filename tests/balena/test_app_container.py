@@ -28,7 +28,8 @@ from fleet.local.procs import free_port
 from fleet.release.build import build
 from tests.conftest import REPO_ROOT
 
-pytestmark = [pytest.mark.slow, pytest.mark.container, pytest.mark.integration]
+# The image build alone takes minutes on vfs storage (12 min on this shared 2-core machine).
+pytestmark = [pytest.mark.slow, pytest.mark.container, pytest.mark.integration, pytest.mark.timeout(2400)]
 
 # This machine is itself a container: vfs storage, cgroupfs, runc and a bounded open-files limit are what
 # work here (crun refuses hybrid cgroups; the default nofile limit is above ours). They work on any host.
