@@ -37,7 +37,6 @@ class StackOutputs(BaseModel):
     device_role_arn: str = Field(pattern=ARN + "iam::")
     device_trust_anchor_arn: str = Field(pattern=ARN + "rolesanywhere:")
     device_profile_arn: str = Field(pattern=ARN + "rolesanywhere:")
-    grafana_endpoint: str | None = None
 
 
 def inventory_vars(out: StackOutputs) -> dict[str, str]:
@@ -56,8 +55,6 @@ def inventory_vars(out: StackOutputs) -> dict[str, str]:
         "telemetry_remote_write_url": out.remote_write_url,
         "telemetry_remote_write_sigv4_region": out.region,
     }
-    if out.grafana_endpoint:
-        variables["cloud_grafana_url"] = f"https://{out.grafana_endpoint}"
     return variables
 
 

@@ -20,6 +20,9 @@ REPO_ROOT = PROJECT_DIR.parent
 # The alert rules the central Prometheus evaluates (roles/telemetry); AMP gets the same files.
 DEFAULT_RULES_GLOB = "roles/telemetry/files/rules/*.rules.yml"
 # CloudWatch Logs accepts only these retention periods (days).
+# S3's minimum storage duration per archive class (days): an object deleted sooner is billed the minimum,
+# so archiving evidence that expires sooner than this costs more than keeping it in STANDARD.
+MIN_STORAGE_DAYS = {"STANDARD_IA": 30, "ONEZONE_IA": 30, "GLACIER_IR": 90, "GLACIER": 90, "DEEP_ARCHIVE": 180}
 LOG_RETENTION_DAYS = {1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
                       2922, 3288, 3653}
 
@@ -69,7 +72,6 @@ class StackConfig(_Model):
     evidence_archive_class: Literal["GLACIER_IR", "GLACIER", "DEEP_ARCHIVE", "STANDARD_IA", "ONEZONE_IA"] = "GLACIER_IR"
     # Telemetry.
     log_retention_days: int = 30
-    grafana: bool = False
     alert_rules_glob: str = Field(DEFAULT_RULES_GLOB, description="relative to the repository root, or absolute")
     # Identities.
     github_repo: str = Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
@@ -91,6 +93,13 @@ class StackConfig(_Model):
             if self.evidence_archive_class in ("STANDARD_IA", "ONEZONE_IA") and self.evidence_archive_days < 30:
                 raise ValueError(f"S3 moves objects to {self.evidence_archive_class} after 30 days at the earliest "
                                  f"(evidenceArchiveDays is {self.evidence_archive_days})")
+            stored = self.evidence_expiry_days - self.evidence_archive_days
+            minimum = MIN_STORAGE_DAYS[self.evidence_archive_class]
+            if stored < minimum:
+                raise ValueError(
+                    f"{self.evidence_archive_class} bills at least {minimum} days per object, but evidence stays "
+                    f"there {stored} days (evidenceExpiryDays {self.evidence_expiry_days} - evidenceArchiveDays "
+                    f"{self.evidence_archive_days}): archive earlier, expire later, or pick a class with a shorter minimum")
         if self.log_retention_days not in LOG_RETENTION_DAYS:
             raise ValueError(f"logRetentionDays {self.log_retention_days} is not one CloudWatch accepts: "
                              f"{sorted(LOG_RETENTION_DAYS)}")
@@ -108,6 +117,9 @@ def parse(values: Mapping[str, Any], stack: str) -> StackConfig:
     """Validate raw config values (keys without namespace; strings as Pulumi hands them over)."""
     source = f"pulumi/Pulumi.{stack}.yaml"
     data: dict[str, Any] = {"environment": stack}
+    if "grafana" in values:
+        raise ConfigError(f"{source}: {NAMESPACE}:grafana: the stack no longer makes a managed Grafana "
+                          "(see pulumi/README.md, \"Dashboards\"); remove the key")
     for key, raw in values.items():
         # Pulumi passes objects and lists as JSON text.
         data[key] = json.loads(raw) if isinstance(raw, str) and raw[:1] in "{[" else raw

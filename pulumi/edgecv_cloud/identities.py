@@ -140,21 +140,11 @@ def device_trust_policy(anchor_arn: pulumi.Input[str]) -> pulumi.Output[str]:
 
 
 def device_access_policy(args: IdentitiesArgs) -> pulumi.Output[str]:
+    """Write own evidence, remote-write metrics. No read of the artifact bucket: the controller hands a
+    device a short-lived presigned URL for the one artifact it installs (roles/triton/files/presign.py),
+    so a stolen device certificate cannot download every model the fleet has ever shipped."""
     via_s3 = {"StringEquals": {"kms:ViaService": f"s3.{args.aws.region}.amazonaws.com"}}
     return policy_json(
-        {
-            "Sid": "ReadModelArtifacts",
-            "Effect": "Allow",
-            "Action": ["s3:GetObject", "s3:GetObjectVersion"],
-            "Resource": pulumi.Output.concat(args.artifact_bucket_arn, "/*"),
-        },
-        {
-            "Sid": "DecryptModelArtifacts",
-            "Effect": "Allow",
-            "Action": "kms:Decrypt",
-            "Resource": args.artifact_kms_key_arn,
-            "Condition": via_s3,
-        },
         {
             "Sid": "WriteOwnEvidence",
             "Effect": "Allow",

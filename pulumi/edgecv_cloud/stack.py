@@ -33,7 +33,7 @@ def build() -> dict[str, pulumi.Input]:
         archive_class=cfg.evidence_archive_class))
     telemetry = Telemetry(f"edgecv-{env}-telemetry", TelemetryArgs(
         environment=env, aws=ctx, log_retention_days=cfg.log_retention_days,
-        rule_namespaces=load_rule_namespaces(cfg.rule_files()), grafana=cfg.grafana))
+        rule_namespaces=load_rule_namespaces(cfg.rule_files())))
     identities = Identities(f"edgecv-{env}-identities", IdentitiesArgs(
         environment=env, aws=ctx,
         artifact_bucket_arn=artifacts.bucket_arn, artifact_kms_key_arn=artifacts.kms_key_arn,
@@ -63,8 +63,6 @@ def build() -> dict[str, pulumi.Input]:
         "device_profile_arn": identities.device_profile_arn,
         "ci_role_arn": identities.ci_role_arn,
     }
-    if telemetry.grafana_endpoint is not None:
-        outputs["grafana_endpoint"] = telemetry.grafana_endpoint
     # The same outputs in SSM, for readers without access to the Pulumi state (CI, other accounts' tooling).
     parameter = aws.ssm.Parameter(
         "cloud-outputs",

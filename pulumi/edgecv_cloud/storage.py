@@ -23,8 +23,13 @@ class SecureBucket:
     policy: aws.s3.BucketPolicy
 
 
-def tls_only_statements(bucket_arn: pulumi.Input[str]) -> list[dict]:
-    """Deny plain HTTP, and deny uploads that ask for anything but SSE-KMS (the default key applies)."""
+def tls_only_statements(bucket_arn: pulumi.Input[str], key_arn: pulumi.Input[str]) -> list[dict]:
+    """Deny plain HTTP, uploads that ask for anything but SSE-KMS, and SSE-KMS with any key but the store's.
+
+    An upload naming no encryption gets the bucket default (the store's key). The key pin is its own
+    statement: conditions inside one statement are ANDed, so folding it into DenyNonKmsEncryption would
+    deny only requests that are both non-KMS and name another key.
+    """
     objects = pulumi.Output.concat(bucket_arn, "/*")
     return [
         {
@@ -43,6 +48,14 @@ def tls_only_statements(bucket_arn: pulumi.Input[str]) -> list[dict]:
             "Resource": objects,
             "Condition": {"StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption": "aws:kms"}},
         },
+        {
+            "Sid": "DenyOtherKmsKeys",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:PutObject",
+            "Resource": objects,
+            "Condition": {"StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption-aws-kms-key-id": key_arn}},
+        },
     ]
 
 
@@ -55,7 +68,8 @@ def secure_bucket(name: str, *, store: str, environment: str, parent: pulumi.Res
         enable_key_rotation=True,
         deletion_window_in_days=30,
         tags=tags(environment, **{"edgecv:store": store}),
-        opts=child(parent),
+        # Deleting the key makes every object in the bucket unreadable: never by a stray `pulumi up`.
+        opts=child(parent, protect=True),
     )
     aws.kms.Alias(f"{name}-key-alias", name=f"alias/edgecv-{environment}-{store}", target_key_id=key.key_id,
                   opts=child(parent))
@@ -92,7 +106,7 @@ def secure_bucket(name: str, *, store: str, environment: str, parent: pulumi.Res
     policy = aws.s3.BucketPolicy(
         f"{name}-policy",
         bucket=bucket.id,
-        policy=policy_json(*tls_only_statements(bucket.arn)),
+        policy=policy_json(*tls_only_statements(bucket.arn, key.arn)),
         # S3 rejects concurrent bucket-level changes; the access block goes first.
         opts=child(parent, depends_on=[public_access_block]),
     )

@@ -19,7 +19,6 @@ class TelemetryArgs:
     aws: AwsContext
     log_retention_days: int
     rule_namespaces: list[RuleNamespace] = field(default_factory=list)
-    grafana: bool = False
 
 
 class Telemetry(pulumi.ComponentResource):
@@ -28,6 +27,12 @@ class Telemetry(pulumi.ComponentResource):
     The alert manager sends to an SNS topic (KMS-encrypted); subscribe on-call tooling to it outside
     this stack. AMP's rule and alert-manager errors go to a CloudWatch log group with retention.
 
+    No managed Grafana: an Amazon Managed Grafana workspace is billed per user and is empty until a
+    data source and the dashboards are provisioned into it, which needs the pulumi-grafana provider
+    (not in this repository's offline package set, so it could not be tested here). The dashboards
+    (roles/telemetry/files/dashboards) import into any Grafana whose Prometheus data source points at
+    `query_url` with SigV4 auth (service `aps`); see pulumi/README.md.
+
     Outputs:
         workspace_id, workspace_arn: the AMP workspace.
         remote_write_url: where device Prometheus agents remote-write (SigV4, service `aps`).
@@ -35,7 +40,6 @@ class Telemetry(pulumi.ComponentResource):
         alert_topic_arn: the SNS topic alerts go to.
         log_group_name: AMP's log group.
         rule_namespaces: names of the rule group namespaces made from the rule files.
-        grafana_endpoint: the managed Grafana URL, or None when grafana is off.
     """
 
     workspace_id: pulumi.Output[str]
@@ -45,7 +49,6 @@ class Telemetry(pulumi.ComponentResource):
     alert_topic_arn: pulumi.Output[str]
     log_group_name: pulumi.Output[str]
     rule_namespaces: list[str]
-    grafana_endpoint: pulumi.Output[str] | None
 
     def __init__(self, name: str, args: TelemetryArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("edgecv:cloud:Telemetry", name, None, opts)
@@ -58,7 +61,8 @@ class Telemetry(pulumi.ComponentResource):
             deletion_window_in_days=30,
             policy=self._key_policy(ctx, log_group_name),
             tags=tags(env),
-            opts=child(self),
+            # The topic and the log group are unreadable without it.
+            opts=child(self, protect=True),
         )
         log_group = aws.cloudwatch.LogGroup(
             f"{name}-logs",
@@ -66,14 +70,15 @@ class Telemetry(pulumi.ComponentResource):
             retention_in_days=args.log_retention_days,
             kms_key_id=key.arn,
             tags=tags(env),
-            opts=child(self),
+            opts=child(self, protect=True),
         )
         workspace = aws.amp.Workspace(
             f"{name}-workspace",
             alias=f"edgecv-{env}",
             logging_configuration={"log_group_arn": log_group.arn.apply(lambda arn: f"{arn}:*")},
             tags=tags(env),
-            opts=child(self),
+            # Replacing the workspace loses the fleet's metric history and changes every device's URL.
+            opts=child(self, protect=True),
         )
         topic = aws.sns.Topic(f"{name}-alerts", kms_master_key_id=key.arn, tags=tags(env), opts=child(self))
         aws.sns.TopicPolicy(
@@ -103,7 +108,6 @@ class Telemetry(pulumi.ComponentResource):
                 f"{name}-rules-{ns.name}", name=ns.name, workspace_id=workspace.id, data=ns.data,
                 tags=tags(env), opts=child(self),
             )
-        self.grafana_endpoint = self._grafana(name, env, ctx, workspace) if args.grafana else None
 
         self.workspace_id = workspace.id
         self.workspace_arn = workspace.arn
@@ -151,44 +155,6 @@ class Telemetry(pulumi.ComponentResource):
                 }},
             },
         )
-
-    def _grafana(self, name: str, env: str, ctx: AwsContext, workspace: aws.amp.Workspace) -> pulumi.Output[str]:
-        """Managed Grafana reading this workspace only, through a role scoped to it."""
-        role = aws.iam.Role(
-            f"{name}-grafana",
-            assume_role_policy=policy_json({
-                "Effect": "Allow",
-                "Principal": {"Service": "grafana.amazonaws.com"},
-                "Action": "sts:AssumeRole",
-                "Condition": {"StringEquals": {"aws:SourceAccount": ctx.account_id}},
-            }),
-            tags=tags(env),
-            opts=child(self),
-        )
-        aws.iam.RolePolicy(
-            f"{name}-grafana-query",
-            role=role.id,
-            policy=policy_json({
-                "Sid": "QueryFleetMetrics",
-                "Effect": "Allow",
-                "Action": ["aps:QueryMetrics", "aps:GetSeries", "aps:GetLabels", "aps:GetMetricMetadata",
-                           "aps:DescribeWorkspace"],
-                "Resource": workspace.arn,
-            }),
-            opts=child(self),
-        )
-        grafana = aws.grafana.Workspace(
-            f"{name}-grafana",
-            name=f"edgecv-{env}",
-            account_access_type="CURRENT_ACCOUNT",
-            authentication_providers=["AWS_SSO"],
-            permission_type="CUSTOMER_MANAGED",
-            role_arn=role.arn,
-            data_sources=["PROMETHEUS"],
-            tags=tags(env),
-            opts=child(self),
-        )
-        return grafana.endpoint
 
 
 def alertmanager_definition(topic_arn: str, region: str, environment: str) -> str:

@@ -42,6 +42,8 @@ class Resource:
     inputs: dict[str, Any]
     state: dict[str, Any]
     id: str
+    opts: pulumi.ResourceOptions | None = None
+    """The options the program gave (protect, depends_on, ...), seen by a stack transformation."""
 
     def doc(self, prop: str) -> dict:
         """A JSON policy document held in an input (policy, assumeRolePolicy), parsed."""
@@ -84,6 +86,11 @@ class AwsMocks(pulumi.runtime.Mocks):
     def __init__(self, region: str):
         self.region = region
         self.run = ProgramRun()
+        self.opts: dict[tuple[str, str], pulumi.ResourceOptions] = {}
+
+    def record_opts(self, args: pulumi.ResourceTransformationArgs) -> None:
+        """A stack transformation: it sees every resource's options before registration; changes nothing."""
+        self.opts[(args.type_, args.name)] = args.opts
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         inputs = _reveal(dict(args.inputs))
@@ -102,8 +109,6 @@ class AwsMocks(pulumi.runtime.Mocks):
             state.update(keyId=rid, arn=f"arn:{PARTITION}:kms:{self.region}:{ACCOUNT}:key/{rid}")
         elif args.typ == "aws:iam/role:Role":
             state.update(name=inputs.get("name", args.name), arn=f"arn:{PARTITION}:iam::{ACCOUNT}:role/{args.name}")
-        elif args.typ == "aws:grafana/workspace:Workspace":
-            state["endpoint"] = f"g-{rid}.grafana-workspace.{self.region}.amazonaws.com"
         elif args.typ == "aws:cloudwatch/logGroup:LogGroup":
             state["arn"] = f"arn:{PARTITION}:logs:{self.region}:{ACCOUNT}:log-group:{inputs['name']}"
         elif args.typ == "aws:ssm/parameter:Parameter":
@@ -113,7 +118,7 @@ class AwsMocks(pulumi.runtime.Mocks):
         elif args.typ == "aws:rolesanywhere/trustAnchor:TrustAnchor":
             state["arn"] = f"arn:{PARTITION}:rolesanywhere:{self.region}:{ACCOUNT}:trust-anchor/{rid}"
         state.setdefault("arn", f"arn:{PARTITION}:{module}:{self.region}:{ACCOUNT}:{kind.lower()}/{rid}")
-        self.run.resources.append(Resource(args.typ, args.name, inputs, state, rid))
+        self.run.resources.append(Resource(args.typ, args.name, inputs, state, rid, self.opts.get((args.typ, args.name))))
         return rid, state
 
     def call(self, args: pulumi.runtime.MockCallArgs):
@@ -157,6 +162,7 @@ def run_program(stack: str, config: dict[str, str]) -> ProgramRun:
 
     @pulumi.runtime.test
     def program():
+        pulumi.runtime.register_stack_transformation(mocks.record_opts)
         outputs = runpy.run_path(str(PROJECT_DIR / "__main__.py"), run_name="__main__")["outputs"]
         names = list(outputs)
         return pulumi.Output.all(*[outputs[n] for n in names]).apply(

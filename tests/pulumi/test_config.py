@@ -25,7 +25,7 @@ def test_defaults_fill_in_what_a_stack_leaves_out():
     cfg = parse(GOOD, "staging")
     assert cfg.environment == "staging"
     assert cfg.artifact_noncurrent_days >= cfg.artifact_lock_days
-    assert cfg.github_branch == "main" and cfg.grafana is False
+    assert cfg.github_branch == "main"
 
 
 @pytest.mark.parametrize(("values", "key", "words"), [
@@ -37,6 +37,14 @@ def test_defaults_fill_in_what_a_stack_leaves_out():
     ({**GOOD, "evidenceExpiryDays": "30", "evidenceArchiveDays": "30"}, "edgecv-cloud", "evidenceArchiveDays (30)"),
     ({**GOOD, "evidenceArchiveDays": "7", "evidenceExpiryDays": "90", "evidenceArchiveClass": "STANDARD_IA"},
      "edgecv-cloud", "30 days at the earliest"),
+    # Archived at 30, gone at 90: 60 days in GLACIER_IR, billed 90 (prod had exactly this).
+    ({**GOOD, "evidenceArchiveDays": "30", "evidenceExpiryDays": "90", "evidenceArchiveClass": "GLACIER_IR"},
+     "edgecv-cloud", "GLACIER_IR bills at least 90 days per object, but evidence stays there 60 days"),
+    ({**GOOD, "evidenceArchiveDays": "0", "evidenceExpiryDays": "179", "evidenceArchiveClass": "DEEP_ARCHIVE"},
+     "edgecv-cloud", "DEEP_ARCHIVE bills at least 180 days"),
+    ({**GOOD, "evidenceArchiveDays": "30", "evidenceExpiryDays": "59", "evidenceArchiveClass": "STANDARD_IA"},
+     "edgecv-cloud", "STANDARD_IA bills at least 30 days"),
+    ({**GOOD, "grafana": "true"}, "edgecv-cloud:grafana", "no longer makes a managed Grafana"),
     ({**GOOD, "evidenceArchiveClass": "TAPE"}, "edgecv-cloud:evidenceArchiveClass", "GLACIER_IR"),
     ({**GOOD, "logRetentionDays": "10"}, "edgecv-cloud", "logRetentionDays 10"),
     ({**GOOD, "deviceCa": "{}"}, "edgecv-cloud:deviceCa", "exactly one of pcaArn or certificateBundleFile"),

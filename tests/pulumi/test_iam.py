@@ -50,16 +50,15 @@ def test_device_role_may_do_exactly_what_devices_need(stack):
     out = run.outputs
     doc = role_policy(run, role(run, "-device"))
     assert grants(doc) == {
-        ("s3:GetObject", f"{out['artifact_bucket_arn']}/*"),
-        ("s3:GetObjectVersion", f"{out['artifact_bucket_arn']}/*"),
-        ("kms:Decrypt", out["artifact_kms_key_arn"]),
         ("s3:PutObject", f"{out['evidence_bucket_arn']}/{DEVICE_PREFIX}/*"),
         ("kms:GenerateDataKey", out["evidence_kms_key_arn"]),
         ("kms:Decrypt", out["evidence_kms_key_arn"]),
         ("aps:RemoteWrite", run.one("aws:amp/workspace:Workspace").state["arn"]),
     }
     # KMS only through S3 in the stack's region, never directly.
-    for sid in ("DecryptModelArtifacts", "EncryptEvidence"):
+    assert not any(r.startswith(out["artifact_bucket_arn"]) or r == out["artifact_kms_key_arn"] for _, r in grants(doc)), \
+        "devices fetch artifacts through presigned URLs only"
+    for sid in ("EncryptEvidence",):
         assert statement(doc, sid)["Condition"] == {"StringEquals": {"kms:ViaService": f"s3.{out['region']}.amazonaws.com"}}
 
 
@@ -142,16 +141,6 @@ def test_stack_makes_the_github_oidc_provider_when_none_is_given(fixture_run, de
     repo = config_value("dev", "githubRepo")
     assert st["Condition"]["StringEquals"][f"{GITHUB}:sub"] == f"repo:{repo}:ref:refs/heads/release"  # fixture_run's branch
     assert dev.of_type("aws:iam/openIdConnectProvider:OpenIdConnectProvider") == []
-
-
-def test_grafana_role_only_queries_the_workspace(prod, dev):
-    doc = role_policy(prod, role(prod, "-grafana"))
-    workspace = prod.one("aws:amp/workspace:Workspace").state["arn"]
-    assert {r for _, r in grants(doc)} == {workspace}
-    assert all(a.startswith(("aps:Query", "aps:Get", "aps:Describe")) for a, _ in grants(doc))
-    [st] = role(prod, "-grafana").doc("assumeRolePolicy")["Statement"]
-    assert st["Principal"] == {"Service": "grafana.amazonaws.com"}
-    assert not [r for r in dev.of_type(ROLE) if r.name.endswith("-grafana")]
 
 
 @pytest.mark.parametrize("run_name", ["dev", "prod", "fixture_run"])
