@@ -56,6 +56,8 @@ DEVICE_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "edgecv_device_net_bytes": ("counter", "Bytes received (rx) and sent (tx) per interface", ("interface", "direction")),
     "edgecv_device_net_rtt_seconds": ("gauge", "Median TCP connect time to the upstream target", ("target",)),
     "edgecv_device_net_loss_ratio": ("gauge", "Fraction of lost connects to the upstream target", ("target",)),
+    "edgecv_device_net_probes_sent": ("counter", "TCP connects tried to the upstream target", ("target",)),
+    "edgecv_device_net_probes_lost": ("counter", "TCP connects to the upstream target refused or timed out", ("target",)),
 }
 
 
@@ -280,6 +282,9 @@ class HealthCollector:
             r = self.probe.latest
             f["edgecv_device_net_rtt_seconds"].add_metric([r.target], r.rtt_seconds)
             f["edgecv_device_net_loss_ratio"].add_metric([r.target], r.loss_ratio)
+            sent, lost = self.probe.totals
+            f["edgecv_device_net_probes_sent"].add_metric([r.target], sent)
+            f["edgecv_device_net_probes_lost"].add_metric([r.target], lost)
         return f.values()
 
     def _add_system(self, f: dict[str, Metric], s: HealthSample) -> None:

@@ -63,12 +63,19 @@ class UpstreamProbe:
             raise ValueError("upstream probe: interval_s and timeout_s must be > 0 and attempts >= 1")
         self.target, self.interval_s, self.attempts, self.timeout_s = target, interval_s, attempts, timeout_s
         self.latest: ProbeResult | None = None
+        # Connects sent and lost since start, as one tuple so a scrape never reads a half-updated pair.
+        # Counters let the central Prometheus take a loss ratio over any window (rate(lost) / rate(sent));
+        # the last round's 3-connect ratio alone is too coarse to hold a threshold for minutes.
+        self.totals: tuple[int, int] = (0, 0)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> ProbeResult:
-        self.latest = probe(self.target, self.attempts, self.timeout_s)
-        return self.latest
+        result = probe(self.target, self.attempts, self.timeout_s)
+        sent, lost = self.totals
+        self.totals = (sent + result.sent, lost + result.lost)
+        self.latest = result
+        return result
 
     def start(self) -> UpstreamProbe:
         if self._thread is None:

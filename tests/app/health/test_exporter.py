@@ -231,6 +231,23 @@ def test_upstream_probe_is_exported(tmp_path, listener):
     assert 0 < value(smp, "edgecv_device_net_rtt_seconds", target=listener) < 0.5
 
 
+def test_probe_counters_accumulate_and_count_a_closed_upstream_as_lost(tmp_path):
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        target = f"127.0.0.1:{server.getsockname()[1]}"
+        h = HealthExporter(CollectorRegistry(), source="psutil", upstream=target, thermal_root=tmp_path)
+        h.probe.run_once()
+        h.probe.run_once()
+        assert h.probe.totals == (6, 0)
+    # The upstream goes away (socket closed): the next round's connects are refused.
+    h.probe.run_once()
+    smp = samples(h.registry)
+    assert value(smp, "edgecv_device_net_probes_sent_total", target=target) == 9
+    assert value(smp, "edgecv_device_net_probes_lost_total", target=target) == 3
+    assert value(smp, "edgecv_device_net_loss_ratio", target=target) == 1.0
+
+
 def test_upstream_probe_rejects_bad_settings():
     with pytest.raises(ValueError, match="interval_s"):
         UpstreamProbe("127.0.0.1:80", interval_s=0)

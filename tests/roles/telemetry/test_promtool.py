@@ -3,6 +3,7 @@ package), every alert tested firing and quiet, and only metric names the app exp
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -86,7 +87,33 @@ def test_the_issue_s_alerts_are_all_there():
         "EdgecvThermalThrottling", "EdgecvMemoryGrowth", "EdgecvFpsBelowTarget", "EdgecvQueueGrowing",
         "EdgecvInferenceOverBudget", "EdgecvCameraDown", "EdgecvTritonDown", "EdgecvDiskNearlyFull",
         "EdgecvEvidenceRefused", "EdgecvDriftAlarm", "EdgecvDeviceOffline",
+        # issue 21: alerts that reach a person about what the device cannot tell itself
+        "EdgecvUpstreamLoss", "EdgecvHealthStale", "EdgecvAlertsDropped", "EdgecvMqttDisconnected",
+        "EdgecvPredictionsCollapsed", "EdgecvUplinkBandwidthHigh",
     } <= alerts
+
+
+_RANGE = re.compile(r"([a-zA-Z_:][\w:]*)\s*(?:\{[^}]*\})?\s*\[(\d+)([smhd])(?::[^\]]*)?\]")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def test_no_rule_reads_long_ranges_of_raw_series():
+    # Every rule runs every minute over every device: a day of raw samples per target per evaluation is
+    # billions of samples at 10,000 devices. Raw series: at most 30 minutes; recorded ones: at most an hour.
+    recorded = recorded_names()
+    too_long = {}
+    for r in rules():
+        for name, n, unit in _RANGE.findall(r["expr"]):
+            limit = 3600 if name in recorded else 1800
+            if int(n) * _SECONDS[unit] > limit:
+                too_long[r.get("alert") or r["record"]] = f"{name}[{n}{unit}]"
+    assert too_long == {}
+
+
+def test_upstream_loss_is_a_ratio_of_counter_rates():
+    [rule] = [r for r in rules() if r.get("record") == "edgecv:upstream_loss:ratio10m"]
+    assert "rate(edgecv_device_net_probes_lost_total" in rule["expr"]
+    assert "rate(edgecv_device_net_probes_sent_total" in rule["expr"]
 
 
 def test_rules_name_only_exported_metrics():
