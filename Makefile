@@ -11,7 +11,7 @@ SYSTEM_PYTHON := /usr/bin/python3
 # libgl1: the cv2 of opencv-python (which `trackers`, in the dev extra, pulls in) links libGL.
 APT_PACKAGES := python3-venv python3-dev python3-gi gir1.2-gst-rtsp-server-1.0 gir1.2-gst-plugins-base-1.0 \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-libav \
-	gstreamer1.0-tools opencv-doc ffmpeg mosquitto mosquitto-clients prometheus prometheus-node-exporter \
+	gstreamer1.0-tools opencv-doc ffmpeg mosquitto mosquitto-clients prometheus prometheus-node-exporter prometheus-alertmanager \
 	chromium chromium-driver postgresql libb64-0d \
 	systemd-container debootstrap apt-cacher-ng iproute2 openssh-client bridge-utils \
 	libgl1 nodejs npm podman runc
@@ -31,7 +31,7 @@ $(VENV)/.apt-stamp:
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	@# Debian starts some of these as services; the tests start their own on 127.0.0.1.
-	-@systemctl disable --now mosquitto prometheus prometheus-node-exporter apt-cacher-ng postgresql >/dev/null 2>&1 || true
+	-@systemctl disable --now mosquitto prometheus prometheus-node-exporter prometheus-alertmanager apt-cacher-ng postgresql >/dev/null 2>&1 || true
 	@mkdir -p $(VENV) && touch $@
 
 venv: $(VENV)/.pip-stamp

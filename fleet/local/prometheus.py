@@ -20,6 +20,7 @@ def prometheus(
     rule_files: list[Path] | None = None,
     workdir: Path | None = None,
     extra_args: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Service:
     """A Prometheus with `config` (a dict or YAML text). `rule_files` are copied next to it and listed."""
     port = port or free_port()
@@ -42,7 +43,7 @@ def prometheus(
         argv.append("--web.enable-remote-write-receiver")
     argv += extra_args or []
     ready_url = f"http://127.0.0.1:{port}/-/ready"
-    return Service("prometheus", argv, port, workdir=workdir, ready=lambda: http_ok(ready_url))
+    return Service("prometheus", argv, port, workdir=workdir, env=env, ready=lambda: http_ok(ready_url))
 
 
 def query(base_url: str, promql: str, at: float | None = None) -> list[dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import yaml
@@ -48,3 +49,32 @@ def metric_names(expr: str) -> set[str]:
         if not is_call and word.lower() not in _WORDS:
             names.add(word)
     return names
+
+
+DASHBOARDS = REPO_ROOT / "roles" / "telemetry" / "files" / "dashboards"
+# Grafana's built-in variables, as a Prometheus would see them after Grafana expands them.
+GRAFANA_BUILTINS = {"__rate_interval": "5m", "__interval": "1m", "__range": "1h"}
+
+
+def expand(expr: str) -> str:
+    """Grafana variables -> something Prometheus accepts: built-ins get durations, ours match anything."""
+    def sub(m: re.Match) -> str:
+        name = m.group(1) or m.group(2)
+        return GRAFANA_BUILTINS.get(name, ".*")
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", sub, expr)
+
+
+def dashboards() -> dict[str, dict]:
+    return {p.name: json.loads(p.read_text()) for p in sorted(DASHBOARDS.glob("*.json"))}
+
+
+def queries(board: dict) -> list[tuple[str, str]]:
+    """(where, PromQL) for every panel target and every query variable (label_values(SELECTOR, label))."""
+    out = [(f"panel {p['id']} {p['title']!r} target {t['refId']}", t["expr"])
+           for p in board["panels"] for t in p.get("targets", [])]
+    for v in board["templating"]["list"]:
+        if v["type"] == "query":
+            m = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", v["query"]["query"])
+            assert m, f"variable {v['name']}: only label_values(SELECTOR, LABEL) is used here"
+            out.append((f"variable {v['name']}", m.group(1)))
+    return out

@@ -3,42 +3,22 @@ is one the app exports (app.metrics.Metrics, app.health.exporter), a recording r
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
 
 from fleet.local.prometheus import query, wait_for
-from fleet.repo import REPO_ROOT
-from tests.support.promql import PROMETHEUS_OWN, app_metric_names, metric_names, recorded_names
-
-DASHBOARDS = REPO_ROOT / "roles" / "telemetry" / "files" / "dashboards"
-# Grafana's built-in variables, as a Prometheus would see them after Grafana expands them.
-GRAFANA_BUILTINS = {"__rate_interval": "5m", "__interval": "1m", "__range": "1h"}
-
-
-def expand(expr: str) -> str:
-    """Grafana variables -> something Prometheus accepts: built-ins get durations, ours match anything."""
-    def sub(m: re.Match) -> str:
-        name = m.group(1) or m.group(2)
-        return GRAFANA_BUILTINS.get(name, ".*")
-    return re.sub(r"\$\{(\w+)\}|\$(\w+)", sub, expr)
-
-
-def dashboards() -> dict[str, dict]:
-    return {p.name: json.loads(p.read_text()) for p in sorted(DASHBOARDS.glob("*.json"))}
-
-
-def queries(board: dict) -> list[tuple[str, str]]:
-    """(where, PromQL) for every panel target and every query variable (label_values(SELECTOR, label))."""
-    out = [(f"panel {p['id']} {p['title']!r} target {t['refId']}", t["expr"])
-           for p in board["panels"] for t in p.get("targets", [])]
-    for v in board["templating"]["list"]:
-        if v["type"] == "query":
-            m = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", v["query"]["query"])
-            assert m, f"variable {v['name']}: only label_values(SELECTOR, LABEL) is used here"
-            out.append((f"variable {v['name']}", m.group(1)))
-    return out
+from tests.support.promql import (
+    DASHBOARDS,
+    GRAFANA_BUILTINS,
+    PROMETHEUS_OWN,
+    app_metric_names,
+    dashboards,
+    expand,
+    metric_names,
+    queries,
+    recorded_names,
+)
 
 
 def test_the_four_dashboards_are_there():
