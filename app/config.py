@@ -187,6 +187,9 @@ class EvidenceStoreConfig(_Strict):
     bucket: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]+[a-z0-9]$")
     endpoint_url: str | None = Field(None, description="an S3-compatible endpoint (default: AWS)")
     region: str = "us-east-1"
+    profile: str | None = Field(
+        None, description="AWS profile (e.g. edgecv-device: IAM Roles Anywhere via credential_process); "
+        "default: the SDK's credential chain")
     upload_interval_s: Annotated[float, Field(gt=0)] = 5.0
     shutdown_upload_s: Annotated[float, Field(ge=0)] = Field(
         5.0, description="at exit, how long a last upload pass may take (what is left goes up at the next start)"

@@ -654,7 +654,8 @@ def _s3_factory(store):
         import boto3
         from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=store.endpoint_url, region_name=store.region,
-                            config=Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 2}))
+        session = boto3.Session(profile_name=store.profile) if store.profile else boto3.Session()
+        return session.client("s3", endpoint_url=store.endpoint_url, region_name=store.region,
+                              config=Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 2}))
 
     return make

@@ -105,11 +105,25 @@ class EvidenceStore:
         files = sorted((f for f in package.iterdir() if f.is_file() and f.name != UPLOADED),
                        key=lambda f: f.name == "event.json")
         for f in files:
-            extra = {"ContentType": CONTENT_TYPES.get(f.suffix, "application/octet-stream")}
-            self.client.upload_file(str(f), self.bucket, self.key(package, f.name), ExtraArgs=extra)
+            self.put_once(f, self.key(package, f.name))
         (package / UPLOADED).touch()
         if self.metrics:
             self.metrics.evidence_uploaded.inc()
+
+    def put_once(self, path: Path, key: str) -> None:
+        """Write `key` only if it does not exist (If-None-Match: *): a device can add evidence, never
+        replace what it sent before. 412 means the object is there already: ours, from an attempt that
+        failed after this file went up, since keys are <site>/<device>/<event id>/<file>."""
+        from botocore.exceptions import ClientError
+
+        with path.open("rb") as body:
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*",
+                                       ContentType=CONTENT_TYPES.get(path.suffix, "application/octet-stream"))
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "PreconditionFailed":
+                    raise
+                log.info("evidence %s is already in the store; not overwritten", key)
 
     def upload_pending(self) -> int:
         """Upload what is pending, oldest first; stops at the first failure (retried next pass)."""

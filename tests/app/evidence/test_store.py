@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -207,3 +208,53 @@ def shutil_free(path: Path) -> int:
     import shutil
 
     return shutil.disk_usage(path).free
+
+
+def test_evidence_already_in_the_store_is_never_overwritten(s3_server, tmp_path: Path):
+    # moto honours If-None-Match: * on PutObject (412 PreconditionFailed), as S3 does since 2024.
+    port = s3_server.port
+    s3 = client_factory(port)()
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_object(Bucket=BUCKET, Key="s/d/evt-1/event.json", Body=b'{"event_id": "evt-1", "first": true}')
+    sent = []
+    s3.meta.events.register("before-send.s3.PutObject", lambda request, **_: sent.append(request.headers.get("If-None-Match")))
+    store = EvidenceStore(tmp_path / "buf", BUCKET, "s/d", lambda: s3, budget_bytes=10 << 20)
+    make_package(tmp_path / "buf", "evt-1")
+    assert store.upload_pending() == 1  # a 412 means "already there": the package counts as uploaded
+    assert json.loads(s3.get_object(Bucket=BUCKET, Key="s/d/evt-1/event.json")["Body"].read())["first"] is True
+    assert "s/d/evt-1/clip.mp4" in keys(port)
+    assert len(sent) == 3 and {h.decode() if isinstance(h, bytes) else h for h in sent} == {"*"}
+
+
+def test_a_retry_after_a_partial_upload_completes_the_package(s3_server, tmp_path: Path):
+    port = s3_server.port
+    s3 = client_factory(port)()
+    s3.create_bucket(Bucket=BUCKET)
+    store = EvidenceStore(tmp_path, BUCKET, "s/d", lambda: s3, budget_bytes=10 << 20)
+    package = make_package(tmp_path, "evt-9")
+    store.put_once(package / "clip.mp4", store.key(package, "clip.mp4"))  # the first attempt got this far
+    assert store.upload_pending() == 1
+    assert {f"s/d/evt-9/{n}" for n in ("clip.mp4", "event.json", "thumbnail.jpg")} <= keys(port)
+
+
+def test_the_uploader_signs_with_the_configured_profiles_credential_process(tmp_path: Path, monkeypatch):
+    # The profile roles/aws_device_identity writes: credential_process -> the signing-helper stand-in.
+    from app.config import EvidenceStoreConfig
+    from app.runner import _s3_factory
+    from tests.support import aws_signing_helper_standin as standin
+
+    for name, pem in (("device.crt", "CERTIFICATE"), ("device.key", "PRIVATE KEY")):
+        (tmp_path / name).write_text(f"-----BEGIN {pem}-----\nx\n-----END {pem}-----\n")
+    arn = "arn:aws:rolesanywhere:eu-west-1:111122223333"
+    (tmp_path / "config").write_text(
+        "[profile edgecv-device]\nregion = eu-west-1\n"
+        f"credential_process = {sys.executable} {standin.__file__} credential-process --certificate {tmp_path}/device.crt "
+        f"--private-key {tmp_path}/device.key --trust-anchor-arn {arn}:trust-anchor/t --profile-arn {arn}:profile/p "
+        "--role-arn arn:aws:iam::111122223333:role/device\n")
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    client = _s3_factory(EvidenceStoreConfig(bucket="edgecv-evidence", region="eu-west-1", profile="edgecv-device"))()
+    creds = client._request_signer._credentials.get_frozen_credentials()
+    assert (creds.access_key, creds.token) == (standin.ACCESS_KEY, standin.SESSION_TOKEN)
