@@ -35,6 +35,9 @@ from app.health.tegrastats import TegraSample, TegrastatsParseError, parse_line
 log = logging.getLogger(__name__)
 
 THERMAL_ROOT = Path("/sys/class/thermal")
+# Orin's over-current protection throttles clocks without any thermal zone noticing; the kernel counts
+# each event in hwmon (e.g. /sys/class/hwmon/hwmon3/oc1_event_cnt, name "soctherm_oc" or the INA3221's).
+HWMON_ROOT = Path("/sys/class/hwmon")
 # Fallback passive trip (Celsius) for the SoC zones tegrastats names, used only where the kernel exposes
 # none. Conservative: a little below the ~97-99 C at which Nano/Xavier/Orin firmware starts throttling.
 DEFAULT_TRIP_C = {z: 95.0 for z in ("cpu", "gpu", "soc0", "soc1", "soc2", "cv0", "cv1", "cv2", "tj", "aux")}
@@ -44,6 +47,11 @@ DEVICE_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "edgecv_device_health_up": ("gauge", "1 when the health source delivers fresh readings", ("source",)),
     "edgecv_device_cpu_percent": ("gauge", "CPU utilisation, mean over online cores (0-100)", ()),
     "edgecv_device_gpu_percent": ("gauge", "GPU (GR3D) utilisation (0-100); Jetson only", ()),
+    "edgecv_device_gpu_frequency_hertz": ("gauge", "GPU (GR3D) clock; Jetson only", ()),
+    "edgecv_device_emc_percent": ("gauge", "Memory controller (EMC) load (0-100); Jetson only", ()),
+    "edgecv_device_emc_frequency_hertz": ("gauge", "Memory controller (EMC) clock; Jetson only", ()),
+    "edgecv_device_overcurrent_events": (
+        "counter", "Over-current throttling events per sensor since boot (hwmon oc*_event_cnt; Orin)", ("sensor",)),
     "edgecv_device_memory_used_bytes": ("gauge", "RAM in use (total - available)", ()),
     "edgecv_device_memory_total_bytes": ("gauge", "RAM total", ()),
     "edgecv_device_swap_used_bytes": ("gauge", "Swap in use", ()),
@@ -72,6 +80,9 @@ class HealthSample:
 
     cpu_percent: float | None = None
     gpu_percent: float | None = None
+    gpu_freq_hz: float | None = None
+    emc_percent: float | None = None
+    emc_freq_hz: float | None = None
     memory_used_bytes: float | None = None
     memory_total_bytes: float | None = None
     swap_used_bytes: float | None = None
@@ -107,6 +118,18 @@ def read_trip_points(root: Path = THERMAL_ROOT) -> dict[str, float]:
         except (OSError, ValueError) as exc:
             log.debug("skipping %s: %s", zone, exc)
     return trips
+
+
+def overcurrent_events(root: Path = HWMON_ROOT) -> dict[str, int]:
+    """{"<hwmon name>/oc<N>": events since boot} for every readable oc*_event_cnt; {} off Jetson."""
+    events = {}
+    for counter in sorted(root.glob("hwmon*/oc*_event_cnt")):
+        try:
+            name = (counter.parent / "name").read_text().strip() if (counter.parent / "name").exists() else counter.parent.name
+            events[f"{name}/{counter.name.removesuffix('_event_cnt')}"] = int(counter.read_text().strip())
+        except (OSError, ValueError):
+            continue  # a sensor that is gone or unreadable is not an event
+    return events
 
 
 def throttled_zones(temperatures: dict[str, float], trips: dict[str, float]) -> list[str]:
@@ -193,6 +216,9 @@ class TegrastatsSource:
         return HealthSample(
             cpu_percent=t.cpu_percent,
             gpu_percent=t.gpu_percent,
+            gpu_freq_hz=None if t.gpu_freq_mhz is None else t.gpu_freq_mhz * 1e6,
+            emc_percent=t.emc_percent,
+            emc_freq_hz=None if t.emc_freq_mhz is None else t.emc_freq_mhz * 1e6,
             memory_used_bytes=t.ram_used_bytes,
             memory_total_bytes=t.ram_total_bytes,
             swap_used_bytes=t.swap_used_bytes,
@@ -242,12 +268,13 @@ class HealthCollector:
         probe: UpstreamProbe | None = None,
         thermal_root: Path = THERMAL_ROOT,
         net_exclude: tuple[str, ...] = ("lo",),
+        hwmon_root: Path = HWMON_ROOT,
     ):
         self.mounts = list(mounts)
         for m in self.mounts:
             if not Path(m).is_dir():
                 raise ValueError(f"health: disk mount {m!r} is not a directory")
-        self.source, self.probe, self.net_exclude = source, probe, net_exclude
+        self.source, self.probe, self.net_exclude, self.hwmon_root = source, probe, net_exclude, hwmon_root
         self.trips = read_trip_points(thermal_root)  # trip points do not change while running
 
     def _families(self) -> dict[str, Metric]:
@@ -276,6 +303,8 @@ class HealthCollector:
                 continue
             f["edgecv_device_disk_used_ratio"].add_metric([mount], du.used / max(du.used + du.free, 1))
             f["edgecv_device_disk_free_bytes"].add_metric([mount], du.free)
+        for sensor, events in overcurrent_events(self.hwmon_root).items():
+            f["edgecv_device_overcurrent_events"].add_metric([sensor], events)
         for (nic, direction), value in sorted(interface_bytes(self.net_exclude).items()):
             f["edgecv_device_net_bytes"].add_metric([nic, direction], value)
         if self.probe is not None and self.probe.latest is not None:
@@ -291,6 +320,9 @@ class HealthCollector:
         for name, value in (
             ("edgecv_device_cpu_percent", s.cpu_percent),
             ("edgecv_device_gpu_percent", s.gpu_percent),
+            ("edgecv_device_gpu_frequency_hertz", s.gpu_freq_hz),
+            ("edgecv_device_emc_percent", s.emc_percent),
+            ("edgecv_device_emc_frequency_hertz", s.emc_freq_hz),
             ("edgecv_device_memory_used_bytes", s.memory_used_bytes),
             ("edgecv_device_memory_total_bytes", s.memory_total_bytes),
             ("edgecv_device_swap_used_bytes", s.swap_used_bytes),
@@ -319,10 +351,11 @@ class HealthExporter:
         probe_interval_s: float = 10.0,
         tegrastats_argv: list[str] | None = None,
         thermal_root: Path = THERMAL_ROOT,
+        hwmon_root: Path = HWMON_ROOT,
     ):
         self.source = make_source(source, tegrastats_argv)
         self.probe = UpstreamProbe(upstream, probe_interval_s) if upstream else None
-        self.collector = HealthCollector(self.source, mounts, self.probe, thermal_root)
+        self.collector = HealthCollector(self.source, mounts, self.probe, thermal_root, hwmon_root=hwmon_root)
         self.registry = registry
         registry.register(self.collector)
 

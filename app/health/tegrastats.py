@@ -28,7 +28,7 @@ _SWAP = re.compile(r"\bSWAP (\d+)/(\d+)(kB|KB|MB|GB)")
 _CPU = re.compile(r"\bCPU \[([^\]]*)\](?:@(\d+))?", re.IGNORECASE)
 _CORE = re.compile(r"^(\d+)%(?:@(\d+))?$")
 _GPU = re.compile(r"\b(GR3D2?)_FREQ (?:(\d+)%)?(?:@\[?([\d,]+)\]?)?")
-_EMC = re.compile(r"\bEMC_FREQ (\d+)%")
+_EMC = re.compile(r"\bEMC_FREQ (\d+)%(?:@(\d+))?")
 # NAME@45.5C; R36 may print a second value after a slash (NAME@45.5C/46C): the first is current.
 _TEMP = re.compile(r"\b([A-Za-z][A-Za-z0-9_]*)@(-?\d+(?:\.\d+)?)C\b")
 # RAIL cur/avg[/peak], with or without mW; the lookahead keeps "RAM 1655/3956MB" out.
@@ -55,7 +55,8 @@ class TegraSample:
     cores: list[CpuCore] = field(default_factory=list)
     gpu_percent: float | None = None  # GR3D (averaged over GR3D and GR3D2 where both are printed)
     gpu_freq_mhz: float | None = None
-    emc_percent: float | None = None
+    emc_percent: float | None = None  # memory controller (EMC) load
+    emc_freq_mhz: float | None = None
     temperatures: dict[str, float] = field(default_factory=dict)  # zone (lower case) -> Celsius
     power_watts: dict[str, float] = field(default_factory=dict)  # rail -> instantaneous W
     timestamp: str | None = None
@@ -111,6 +112,7 @@ def parse_line(line: str) -> TegraSample:
     sample.gpu_freq_mhz = sum(freqs) / len(freqs) if freqs else None
     if emc := _EMC.search(line):
         sample.emc_percent = float(emc.group(1))
+        sample.emc_freq_mhz = float(emc.group(2)) if emc.group(2) else None
 
     for name, value in _TEMP.findall(line):
         celsius = float(value)

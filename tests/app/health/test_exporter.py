@@ -136,6 +136,32 @@ def test_tegrastats_path_exports_jetson_figures(tmp_path):
     assert h.source.parse_errors == 0
 
 
+def test_tegrastats_gpu_and_memory_controller_clocks_are_exported(tmp_path):
+    # R35 AGX Orin prints EMC_FREQ 0%@2133 and GR3D_FREQ with its clock.
+    with tegrastats_exporter(tmp_path, "r35-agx-orin.txt") as h:
+        wait_until(lambda: h.source.read() is not None)
+        smp = samples(h.registry)
+    assert value(smp, "edgecv_device_emc_frequency_hertz") in (204e6, 2133e6)
+    assert 0 <= value(smp, "edgecv_device_emc_percent") <= 100
+    assert value(smp, "edgecv_device_gpu_frequency_hertz") >= 0
+
+
+def test_overcurrent_events_are_counted_per_sensor(tmp_path):
+    # Orin's hwmon layout: an OC-capable sensor with oc<N>_event_cnt next to its name.
+    hw = tmp_path / "hwmon" / "hwmon3"
+    hw.mkdir(parents=True)
+    (hw / "name").write_text("soctherm_oc\n")
+    (hw / "oc1_event_cnt").write_text("0\n")
+    (hw / "oc2_event_cnt").write_text("17\n")
+    (tmp_path / "hwmon" / "hwmon0").mkdir()  # a sensor without OC counters
+    h = HealthExporter(CollectorRegistry(), source="psutil", thermal_root=tmp_path, hwmon_root=tmp_path / "hwmon")
+    smp = samples(h.registry)
+    assert value(smp, "edgecv_device_overcurrent_events_total", sensor="soctherm_oc/oc2") == 17
+    assert value(smp, "edgecv_device_overcurrent_events_total", sensor="soctherm_oc/oc1") == 0
+    (hw / "oc1_event_cnt").write_text("3\n")  # the firmware throttled again
+    assert value(samples(h.registry), "edgecv_device_overcurrent_events_total", sensor="soctherm_oc/oc1") == 3
+
+
 def test_tegrastats_throttling_against_kernel_trip_points(tmp_path):
     # Passive trip of the cpu zone at 60 C: the loaded R36 line (cpu@65.562C) throttles, idle ones do not.
     root = thermal_sysfs(tmp_path / "thermal", {

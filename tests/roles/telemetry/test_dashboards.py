@@ -92,3 +92,24 @@ def test_queries_show_data_from_a_running_device(stack):
     for title in ("Latency p95 per stage", "Camera fps and target", "CPU and GPU", "Memory", "Disk"):
         expr = by_title[title].replace("$site", "lab").replace("$device", "dev-1")
         assert wait_for(stack.central_url, expand(expr)), f"{title}: no data"
+
+
+def test_heatmaps_ask_prometheus_for_heatmap_format():
+    # Without format: heatmap Grafana draws cumulative buckets as series, not a distribution.
+    for name, board in dashboards().items():
+        for p in board["panels"]:
+            if p["type"] == "heatmap":
+                assert {t.get("format") for t in p["targets"]} == {"heatmap"}, f"{name} panel {p['title']!r}"
+
+
+def test_every_model_panel_honours_the_model_variable():
+    for p in dashboards()["model.json"]["panels"]:
+        for t in p["targets"]:
+            assert 'model="$model"' in t["expr"], f"panel {p['title']!r} shows every model: {t['expr']}"
+
+
+def test_the_device_board_shows_clocks_and_both_kinds_of_throttling():
+    exprs = " ".join(t["expr"] for p in dashboards()["device.json"]["panels"] for t in p["targets"])
+    for name in ("edgecv_device_gpu_frequency_hertz", "edgecv_device_emc_frequency_hertz",
+                 "edgecv_device_throttled", "edgecv_device_overcurrent_events_total"):
+        assert name in exprs
