@@ -25,6 +25,7 @@ COMMANDS = {
     "cost": "fleet.cost.cli:cost",
     "telemetry": "fleet.telemetry.cli:telemetry",
     "health": "app.health.cli:health",
+    "sigv4-forward": "app.cloud.cli:sigv4_forward",
     "demo": "fleet.demo:demo",
 }
 

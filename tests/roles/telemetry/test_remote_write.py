@@ -72,11 +72,13 @@ def test_the_allow_list_names_only_series_something_exports_and_something_reads(
 
 # --- rendered configs, checked by the real tools ------------------------------------------------------------
 
-def agent_config(remote_write_url: str, sigv4: bool, ports: dict[str, int], scrape_interval: str = "1s") -> str:
+def agent_config(remote_write_url: str, sigv4: bool, ports: dict[str, int], scrape_interval: str = "1s",
+                 device: str = DEVICE, signer: str = "prometheus") -> str:
     return render("telemetry", "prometheus.yml.j2", telemetry_mode="agent", telemetry_remote_write_url=remote_write_url,
                   telemetry_remote_write_sigv4_region=REGION if sigv4 else "", telemetry_aws_profile=PROFILE,
+                  telemetry_sigv4_signer=signer,
                   telemetry_scrape_interval=scrape_interval, telemetry_remote_write_batch_deadline="1s",
-                  telemetry_external_labels={"site": SITE, "device": DEVICE},
+                  telemetry_external_labels={"site": SITE, "device": device},
                   telemetry_node_exporter_port=ports["node"], telemetry_app_metrics_port=ports["app"],
                   telemetry_triton_metrics_port=ports["triton"])
 
@@ -126,6 +128,10 @@ def test_rendered_configs_pass_promtool_and_amtool(tmp_path):
         assert r.returncode == 0, f"{name}:\n{text}\n{r.stdout}{r.stderr}"
     signed = yaml.safe_load((tmp_path / "agent-sigv4.yml").read_text())["remote_write"][0]
     assert signed["sigv4"] == {"region": REGION, "profile": PROFILE} and "basic_auth" not in signed
+    # The role's default: the forwarder on loopback signs, the agent writes to it plainly.
+    forwarded = yaml.safe_load(agent_config("https://aps.example/api/v1/remote_write", True, ports,
+                                            signer="forwarder"))["remote_write"][0]
+    assert forwarded["url"] == "http://127.0.0.1:9095" and "sigv4" not in forwarded
     assert yaml.safe_load((tmp_path / "central.yml").read_text())["alerting"]["alertmanagers"][0]["static_configs"] == [
         {"targets": ["127.0.0.1:9093"]}]
     am = tmp_path / "alertmanager.yml"
@@ -298,6 +304,30 @@ def test_a_signed_agent_is_accepted_by_the_front_door(fleet_path):
         while proxy.accepted == before and time.monotonic() < deadline:
             time.sleep(0.5)
     assert proxy.accepted > before, proxy.refused[-3:]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_signing_forwarder_gets_the_agents_writes_through_the_front_door(fleet_path, monkeypatch):
+    # The working path on Debian's Prometheus: agent -> app.cloud.sigv4_forward on loopback (signs with the
+    # device profile's credential_process) -> the SigV4-verifying proxy -> the central Prometheus.
+    from app.cloud.sigv4_forward import SigV4Forwarder
+
+    for k, v in fleet_path["env"].items():
+        monkeypatch.setenv(k, v)
+    proxy, central = fleet_path["proxy"], fleet_path["central"]
+    refused = len(proxy.refused)
+    forwarder = SigV4Forwarder(f"{proxy.url}/api/v1/write", REGION, profile=PROFILE).start()
+    (fleet_path["tmp"] / "forwarded").mkdir()
+    agent = prometheus(agent_config(forwarder.url, False, fleet_path["ports"], device="jetson-08"), agent=True,
+                       workdir=fleet_path["tmp"] / "forwarded")
+    try:
+        with agent.start():
+            arrived = wait_for(central.url, 'edgecv_device_memory_used_bytes{device="jetson-08"}', timeout=30)
+    finally:
+        forwarder.stop()
+    assert arrived, (proxy.refused[refused:][-3:], agent.log_tail())
+    assert proxy.refused[refused:] == []
 
 
 @pytest.mark.integration

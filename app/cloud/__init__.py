@@ -1,0 +1,1 @@
+"""The device's side of the cloud: signing what it sends with its AWS identity."""
