@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 
 from tests.ansible.hosts import Lab, missing_prerequisite
-from tests.ansible.support import DEVICES, REPO, Ansible, build_wheelhouse, put_standins, write_inventory
+from tests.ansible.support import (
+    DEVICES,
+    MODEL_FILE,
+    REPO,
+    Ansible,
+    build_nvidia_repo,
+    build_wheelhouse,
+    put_standins,
+    write_inventory,
+)
 
 MANIFEST = REPO / "models/nanodet-m/manifest.yaml"
 
@@ -45,7 +54,8 @@ def ansible(lab: Lab, tmp_path_factory) -> Ansible:
     import yaml
 
     work = tmp_path_factory.mktemp("ansible")
-    put_standins(lab, _video(work / "camera.avi"))
+    nvidia_url = lab.serve(build_nvidia_repo(work / "nvidia")) + "/jetson"
+    put_standins(lab, _video(work / "camera.avi"), nvidia_url)
     wheels_url = lab.serve(build_wheelhouse(work / "wheelhouse"))
     # The artifact store: the repository's model files, at the paths of their file:// URIs.
     store = work / "artifacts"
@@ -54,7 +64,7 @@ def ansible(lab: Lab, tmp_path_factory) -> Ansible:
     store_url = lab.serve(store)
     inv_dir = REPO / "inventory/example/group_vars"
     cams = {
-        site: _site_cameras(yaml.safe_load((inv_dir / f"{site}.yml").read_text())["site_cameras"]) for site in DEVICES
+        site: _site_cameras(yaml.safe_load((inv_dir / site / "main.yml").read_text())["site_cameras"]) for site in DEVICES
     }
     host_site = {h: site for site, hosts in DEVICES.items() for h in hosts}
     inventory = write_inventory(
@@ -66,6 +76,12 @@ def ansible(lab: Lab, tmp_path_factory) -> Ansible:
             "edgecv_model_manifest": str(MANIFEST),
             "inference_app_mqtt_host": "",  # no broker on the test bridge: events stay on the device (counted)
             "telemetry_remote_write_url": f"http://{lab.state.gateway}:9/api/v1/write",
+            # Jetson facts from the stand-ins: NVIDIA's repository, the device tree, a container's reboot.
+            "jetpack_apt_repo_url": nvidia_url,
+            "jetpack_apt_key_url": f"{nvidia_url}/jetson-ota-public.asc",
+            "jetson_facts_model_file": MODEL_FILE,
+            # A container shares the kernel's boot_id; its PID 1 start time tells a new boot.
+            "jetpack_reboot_boot_time_command": "cut -d' ' -f22 /proc/1/stat",
         },
     )
     # Per-site cameras go into each device's host_vars (they beat the example's group_vars).

@@ -294,9 +294,17 @@ class Lab:
             "mount --make-rprivate /\n"
             "mkdir -p /run/systemd/nspawn && mount -t tmpfs tmpfs /run/systemd/nspawn\n"
             f"mount -t overlay overlay -o lowerdir={lower},upperdir={upper},workdir={work} {merged}\n"
-            f"exec systemd-nspawn --boot --register=no --keep-unit --quiet --machine={host.cgroup} "
+            # A reboot inside ends nspawn with 133: boot again (what systemd-nspawn@.service does), so roles
+            # can really reboot a host. SIGTERM (teardown) is passed on as the orderly poweroff.
+            "stop=0; trap 'stop=1; kill -TERM $child 2>/dev/null' TERM\n"
+            "while :; do\n"
+            f"  systemd-nspawn --boot --register=no --keep-unit --quiet --machine={host.cgroup} "
             f"--hostname={host.name} -D {merged} --network-namespace-path=/run/netns/{host.netns} "
-            "--console=passive\n"
+            "--console=passive & child=$!\n"
+            "  wait $child; rc=$?\n"
+            "  while kill -0 $child 2>/dev/null; do wait $child; rc=$?; done\n"
+            '  [ "$stop" = 0 ] && [ "$rc" = 133 ] || exit $rc\n'
+            "done\n"
         )
         proc = self._spawn(["unshare", "-m", "bash", "-ec", script], hdir / "console.log")
         host.pid = proc.pid
