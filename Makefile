@@ -18,7 +18,13 @@ APT_PACKAGES := python3-venv python3-dev python3-gi gir1.2-gst-rtsp-server-1.0 g
 
 EXTRAS := server,fleet,review,cloud,train,dev
 
-.PHONY: setup apt venv node-tools demo test test-container lint test-fast clean clean-hosts lock bench
+# The device side (app/ and fleet/spec/) runs on JetPack 6's CPython 3.10: a second venv with that
+# interpreter and the device's pins (constraints-device.txt) runs the app's unit tests. pyenv provides it:
+#   pyenv install 3.10.13   (or: make PY310=/path/to/python3.10 test-py310)
+PY310    ?= $(or $(wildcard $(HOME)/.pyenv/versions/3.10.13/bin/python3.10),$(shell command -v python3.10))
+VENV310  := .venv310
+
+.PHONY: setup apt venv venv310 node-tools demo test test-py310 test-container lint test-fast clean clean-hosts lock bench
 
 setup: apt venv node-tools
 
@@ -49,6 +55,19 @@ $(BALENA_COMPOSE)/node_modules/.stamp: $(BALENA_COMPOSE)/package-lock.json | $(V
 	npm ci --prefix $(BALENA_COMPOSE) --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
 
+venv310: $(VENV310)/.pip-stamp
+$(VENV310)/.pip-stamp: constraints-device.txt requirements-test-py310.txt
+	@test -n "$(PY310)" || { echo "CPython 3.10 not found: run 'pyenv install 3.10.13' (pyenv is on these machines) or pass PY310=/path/to/python3.10"; exit 1; }
+	test -x $(VENV310)/bin/python || $(PY310) -m venv $(VENV310)
+	$(VENV310)/bin/pip install -q --upgrade pip==26.3
+	$(VENV310)/bin/pip install -q -r requirements-test-py310.txt
+	touch $@
+
+# The app's unit tests under CPython 3.10 (the repository on PYTHONPATH, not installed: only the device
+# runtime is in that venv).
+test-py310: venv310
+	PYTHONPATH=$(CURDIR) $(VENV310)/bin/python -m pytest tests/app -m "not integration and not slow" -p no:cacheprovider -q
+
 # Re-pin every dependency after changing pyproject.toml.
 lock:
 	$(PIP) freeze --exclude-editable | grep -v '^-e ' > constraints.txt
@@ -62,7 +81,7 @@ lint: setup
 	@if ls roles/*/tasks/main.yml >/dev/null 2>&1; then PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/ansible-lint --profile production -q; fi
 
 # The container suite (podman builds the app image: ~14 min on vfs storage) runs on its own: make test-container.
-test: setup lint
+test: setup lint test-py310
 	$(VENV)/bin/pytest -m "not container"
 
 test-container: setup
@@ -78,4 +97,4 @@ clean-hosts:
 	-$(PY) -m tests.ansible.hosts cleanup 2>/dev/null || true
 
 clean: clean-hosts
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV310) .pytest_cache .ruff_cache

@@ -64,7 +64,8 @@ def ansible(lab: Lab, tmp_path_factory) -> Ansible:
     store_url = lab.serve(store)
     inv_dir = REPO / "inventory/example/group_vars"
     cams = {
-        site: _site_cameras(yaml.safe_load((inv_dir / site / "main.yml").read_text())["site_cameras"]) for site in DEVICES
+        site: _site_cameras(yaml.safe_load((inv_dir / site / "main.yml").read_text())["site_cameras"])
+        for site in DEVICES
     }
     host_site = {h: site for site, hosts in DEVICES.items() for h in hosts}
     inventory = write_inventory(

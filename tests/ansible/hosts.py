@@ -272,6 +272,8 @@ class Lab:
         (upper / "etc/hosts").write_text(f"127.0.0.1 localhost\n{host.address} {host.name}\n")
         (upper / "etc/apt/apt.conf.d/01proxy").write_text(
             f'Acquire::http::Proxy "http://{self.state.gateway}:{self.state.acng_port}";\n'
+            # the lab's own repositories on the bridge (the stand-in NVIDIA repository) are reached directly
+            f'Acquire::http::Proxy::{self.state.gateway} "DIRECT";\n'
         )
         ssh = upper / "root/.ssh"
         ssh.mkdir(parents=True)
@@ -301,8 +303,8 @@ class Lab:
             f"  systemd-nspawn --boot --register=no --keep-unit --quiet --machine={host.cgroup} "
             f"--hostname={host.name} -D {merged} --network-namespace-path=/run/netns/{host.netns} "
             "--console=passive & child=$!\n"
-            "  wait $child; rc=$?\n"
-            "  while kill -0 $child 2>/dev/null; do wait $child; rc=$?; done\n"
+            "  rc=0; wait $child || rc=$?\n"  # (bash -e: a non-zero wait must not end the loop)
+            "  while kill -0 $child 2>/dev/null; do rc=0; wait $child || rc=$?; done\n"
             '  [ "$stop" = 0 ] && [ "$rc" = 133 ] || exit $rc\n'
             "done\n"
         )

@@ -26,9 +26,17 @@ WHEEL_CACHE = CACHE / "wheelhouse"
 RELEASE = "# R36 (release), REVISION: {rev}, GCID: 37537400, BOARD: generic, EABI: aarch64, DATE: Fri Sep 13 04:36:44 UTC 2024\n"
 MODULES = {
     # device-tree model (NUL-terminated, as /proc/device-tree/model is), L4T revision, nvpmodel.conf modes
-    "jetson-north-01": ("NVIDIA Jetson AGX Orin Developer Kit", "4.0", [("MAXN", 12), ("15W", 4), ("30W", 8), ("50W", 12)]),
+    "jetson-north-01": (
+        "NVIDIA Jetson AGX Orin Developer Kit",
+        "4.0",
+        [("MAXN", 12), ("15W", 4), ("30W", 8), ("50W", 12)],
+    ),
     "jetson-north-02": ("NVIDIA Jetson Orin Nano Developer Kit", "3.0", [("15W", 6), ("7W", 4)]),
-    "jetson-south-01": ("NVIDIA Jetson Orin NX Engineering Reference Developer Kit", "4.0", [("MAXN", 8), ("10W", 4), ("15W", 4), ("25W", 8)]),
+    "jetson-south-01": (
+        "NVIDIA Jetson Orin NX Engineering Reference Developer Kit",
+        "4.0",
+        [("MAXN", 8), ("10W", 4), ("15W", 4), ("25W", 8)],
+    ),
 }
 MODULE_TYPES = {"jetson-north-01": "agx-orin", "jetson-north-02": "orin-nano", "jetson-south-01": "orin-nx"}
 MODEL_FILE = "/etc/edgecv-test/device-tree-model"  # /proc/device-tree cannot be written in a container
@@ -130,7 +138,9 @@ def build_nvidia_repo(dest: Path) -> Path:
                 f" {hashlib.sha256(packages).hexdigest()} {len(packages)} main/binary-amd64/Packages\n"
             )
             (dist / "Release").write_text(release)
-            subprocess.run([*gpg, "--clearsign", "-o", str(dist / "InRelease"), str(dist / "Release")], env=env, check=True)
+            subprocess.run(
+                [*gpg, "--clearsign", "-o", str(dist / "InRelease"), str(dist / "Release")], env=env, check=True
+            )
     return dest
 
 
@@ -195,7 +205,9 @@ def put_standins(lab: Lab, video: Path, repo_url: str) -> None:
         lab.stand_in(name, "/usr/sbin/nvpmodel", NVPMODEL, 0o755)
         lab.stand_in(name, "/etc/systemd/system/nvpmodel.service", NVPMODEL_UNIT)
         lab.stand_in(name, "/usr/bin/jetson_clocks", JETSON_CLOCKS, 0o755)
-        lab.stand_in(name, "/etc/apt/sources.list.d/nvidia-l4t-apt-source.list", STOCK_SOURCE.format(url=repo_url, rev=rev[0]))
+        lab.stand_in(
+            name, "/etc/apt/sources.list.d/nvidia-l4t-apt-source.list", STOCK_SOURCE.format(url=repo_url, rev=rev[0])
+        )
         lab.ssh(
             name,
             f"python3 -c \"import urllib.request as u; open('/etc/apt/trusted.gpg.d/jetson-ota-public.asc','wb').write(u.urlopen('{repo_url}/jetson-ota-public.asc').read())\""

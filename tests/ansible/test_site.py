@@ -178,7 +178,10 @@ EXPECTED_MODE = {"jetson-north-01": ("MAXN", "0"), "jetson-north-02": ("15W", "0
 @pytest.mark.parametrize("name", HOSTS)
 def test_power_mode_by_name_applied_through_a_reboot(infra, name):
     host = infra[name]
-    assert host.check_output("nvpmodel -q").splitlines() == [f"NV Power Mode: {EXPECTED_MODE[name][0]}", EXPECTED_MODE[name][1]]
+    assert host.check_output("nvpmodel -q").splitlines() == [
+        f"NV Power Mode: {EXPECTED_MODE[name][0]}",
+        EXPECTED_MODE[name][1],
+    ]
     log = host.file("/var/log/jetson-standins.log").content_string
     rebooted = name == "jetson-south-01"
     # The reboot happened (nvpmodel.service ran at a second boot) only where the mode needed one.

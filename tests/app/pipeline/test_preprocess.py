@@ -146,7 +146,8 @@ def test_hot_path_allocates_no_frame_sized_arrays():
     finally:
         tracemalloc.stop()
     # One float32 input image is 2 MB; a per-frame temporary of that size (or a uint8 copy, 0.5 MB) would show.
-    assert peak < 64 * 1024, f"peak {peak} bytes allocated while preprocessing"
+    # (CPython 3.10's own bookkeeping peaks near 66 KB here, 3.11's below 64 KB: the bound sits well under 0.5 MB.)
+    assert peak < 256 * 1024, f"peak {peak} bytes allocated while preprocessing"
 
 
 @pytest.mark.parametrize(
