@@ -201,3 +201,56 @@ def test_nvidia_apt_source_is_the_stock_file_for_the_device_l4t(infra, name):
     assert host.run("apt-get update -qq").rc == 0  # no "Conflicting values set for option Signed-By"
     assert host.package("nvidia-l4t-core").version.startswith(suite[1:] + ".0")
     assert "nvidia-l4t-core" in host.check_output("apt-mark showhold").split()
+
+
+@pytest.mark.parametrize(
+    "playbook,host,args,message",
+    [
+        # JetPack 5 on an Orin: refused by the facts every role reads, naming the way out.
+        (
+            "jetpack.yml",
+            "jetson-north-02",
+            ["-e", "jetson_facts_release_file=/etc/nv_tegra_release.r35"],
+            "runs L4T R35",
+        ),
+        # No Triton container is known to run on R36.4 (24.08-py3-igpu needs driver 560).
+        (
+            "triton.yml",
+            "jetson-south-01",
+            ["-e", "triton_install_method=container"],
+            "no container image known to run on L4T R36.4",
+        ),
+        # The tarball is never installed unverified.
+        (
+            "triton.yml",
+            "jetson-south-01",
+            ["-e", "triton_install_method=tarball"],
+            "triton_tarball_sha256 must be the sha256",
+        ),
+        # A misspelled role variable fails instead of being ignored.
+        (
+            "jetpack.yml",
+            "jetson-south-01",
+            ["-e", "jetpack_nvpmodel_mod=MAXN"],
+            "jetpack_nvpmodel_mod: not an option of role jetpack",
+        ),
+        # The inventory says one module, the device tree another.
+        ("jetpack.yml", "jetson-south-01", ["-e", "jetson_module=agx-orin"], "the device tree says"),
+    ],
+    ids=["jetpack5", "triton-container-r36.4", "tarball-sha256", "misspelled", "wrong-module"],
+)
+def test_refused_before_anything_changes(ansible, converged, infra, playbook, host, args, message):
+    infra[host].run(
+        "sed 's/^# R36 (release), REVISION: [0-9.]*/# R35 (release), REVISION: 5.0/' /etc/nv_tegra_release > /etc/nv_tegra_release.r35"
+    )
+    before = infra[host].check_output(
+        "find /etc /opt /var/lib/tritonserver -newer /etc/nv_tegra_release.r35 -type f | sort"
+    )
+    run = ansible.playbook(playbook, "--limit", host, *args)
+    assert run.rc != 0 and run.recap[host]["failed"] == 1, run.output[-3000:]
+    assert message in run.output, run.output[-3000:]
+    assert run.recap[host]["changed"] == 0
+    assert (
+        infra[host].check_output("find /etc /opt /var/lib/tritonserver -newer /etc/nv_tegra_release.r35 -type f | sort")
+        == before
+    )
