@@ -280,7 +280,7 @@ class Ansible:
         )
         return "".join(f"\n--- {n}\n{self.lab.ssh(n, cmd, check=False)}" for n in self.lab.names)
 
-    def playbook(self, playbook: str, *args: str, timeout: float = 400) -> Run:
+    def playbook(self, playbook: str, *args: str, timeout: float = 900) -> Run:
         argv = [
             str(Path(sys.executable).parent / "ansible-playbook"),
             "-i", str(REPO / "inventory/example"), "-i", str(self.inventory),

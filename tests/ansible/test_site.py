@@ -14,7 +14,7 @@ import yaml
 from tests.ansible.conftest import MANIFEST
 from tests.ansible.support import DEVICES, REPO
 
-pytestmark = [pytest.mark.ansible, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.ansible, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 HOSTS = [h for hosts in DEVICES.values() for h in hosts]
 MODEL = yaml.safe_load(MANIFEST.read_text())["name"]
