@@ -291,18 +291,22 @@ class Lab:
         self._prepare_upper(host, upper)
         # Without systemd as PID 1 here, nspawn needs its own cgroups, a private mount namespace and
         # --register=no --keep-unit; the overlay is mounted inside that namespace only.
+        cg = host.cgroup
         script = (
-            f'for c in /sys/fs/cgroup/*/; do mkdir -p "$c{host.cgroup}" && echo $$ > "$c{host.cgroup}/cgroup.procs"; done\n'
             "mount --make-rprivate /\n"
             "mkdir -p /run/systemd/nspawn && mount -t tmpfs tmpfs /run/systemd/nspawn\n"
             f"mount -t overlay overlay -o lowerdir={lower},upperdir={upper},workdir={work} {merged}\n"
             # A reboot inside ends nspawn with 133: boot again (what systemd-nspawn@.service does), so roles
-            # can really reboot a host. SIGTERM (teardown) is passed on as the orderly poweroff.
+            # can really reboot a host. Each boot starts in a clean cgroup of its own (a previous boot's
+            # sub-cgroups make systemd fail units with 219/CGROUP); this loop stays outside it. SIGTERM
+            # (teardown) is passed on as the orderly poweroff.
             "stop=0; trap 'stop=1; kill -TERM $child 2>/dev/null' TERM\n"
             "while :; do\n"
-            f"  systemd-nspawn --boot --register=no --keep-unit --quiet --machine={host.cgroup} "
+            f'  for c in /sys/fs/cgroup/*/; do [ -d "$c{cg}" ] && find "$c{cg}" -mindepth 1 -depth -type d -exec rmdir {{}} + 2>/dev/null || true; done\n'
+            f'  ( for c in /sys/fs/cgroup/*/; do mkdir -p "$c{cg}" && echo $BASHPID > "$c{cg}/cgroup.procs"; done\n'
+            f"    exec systemd-nspawn --boot --register=no --keep-unit --quiet --machine={cg} "
             f"--hostname={host.name} -D {merged} --network-namespace-path=/run/netns/{host.netns} "
-            "--console=passive & child=$!\n"
+            "--console=passive ) & child=$!\n"
             "  rc=0; wait $child || rc=$?\n"  # (bash -e: a non-zero wait must not end the loop)
             "  while kill -0 $child 2>/dev/null; do rc=0; wait $child || rc=$?; done\n"
             '  [ "$stop" = 0 ] && [ "$rc" = 133 ] || exit $rc\n'
