@@ -66,9 +66,11 @@ $(VENV310)/.pip-stamp: constraints-device.txt requirements-test-py310.txt
 # The app's unit tests under CPython 3.10 (the repository on PYTHONPATH, not installed: only the device
 # runtime is in that venv).
 test-py310: venv310
-	@# (the ByteTrack comparison needs the `trackers` reference package: a test tool of the main venv only)
+	@# (left to the main venv: the ByteTrack comparison needs the `trackers` reference package, and the
+	@# evidence-demo test runs the control plane's demo)
 	PYTHONPATH=$(CURDIR) $(VENV310)/bin/python -m pytest tests/app -m "not integration and not slow" -p no:cacheprovider -q \
-		--deselect tests/app/pipeline/test_tracker.py::test_fewer_id_switches_than_the_reference_bytetrack_on_synthetic_ground_truth
+		--deselect tests/app/pipeline/test_tracker.py::test_fewer_id_switches_than_the_reference_bytetrack_on_synthetic_ground_truth \
+		--deselect tests/app/evidence/test_packager.py::test_demo_keeps_evidence_when_asked
 
 # Re-pin every dependency after changing pyproject.toml.
 lock:
