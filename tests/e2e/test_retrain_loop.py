@@ -156,7 +156,7 @@ def test_drift_review_retrain_gates_bump(repo: Path, tmp_path: Path):
         boxes.append(np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
                                for a in anns], np.float32).reshape(-1, 4))
         classes.append(np.array([a["category_id"] - 1 for a in anns], np.int64))
-    net = train(700, 32, seed=1, init=v1.with_suffix(".pt"), extra=(imgs, boxes, classes), extra_share=0.6,
+    net = train(900, 32, seed=1, init=v1.with_suffix(".pt"), extra=(imgs, boxes, classes), extra_share=0.6,
                 lr=2e-3, log_every=50)
     v2 = export_onnx(net, tmp_path / "v2.onnx")
     code, report = run_gates(manifest_path, v2, SceneStyle.shifted(), tmp_path / "v2-shifted")

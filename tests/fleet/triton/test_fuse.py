@@ -149,6 +149,7 @@ class StillCamera:
 
     def __init__(self, camera_id: str, image: np.ndarray):
         self.camera_id, self.image, self.up, self.on_frame, self.seq = camera_id, image, True, None, 0
+        self.last_error = None
 
     def take(self):
         import time
@@ -161,8 +162,15 @@ class StillCamera:
     def start(self):
         return self
 
-    def stop(self):
+    def stop(self, timeout=None):
         pass
+
+    def watch(self) -> bool:
+        return self.up
+
+    @property
+    def alive(self) -> bool:
+        return True
 
 
 @pytest.mark.integration
