@@ -8,13 +8,15 @@ PIP   := $(VENV)/bin/pip
 SYSTEM_PYTHON := /usr/bin/python3
 
 # Debian packages the demo and the tests start for real (ARCHITECTURE.md, "Real parts").
+# Node.js and npm (balena's compose parser) come from Debian unless the machine has them already (a newer
+# nodejs package that bundles npm conflicts with Debian's npm).
 # libgl1: the cv2 of opencv-python (which `trackers`, in the dev extra, pulls in) links libGL.
 APT_PACKAGES := python3-venv python3-dev python3-gi gir1.2-gst-rtsp-server-1.0 gir1.2-gst-plugins-base-1.0 \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-libav \
 	gstreamer1.0-tools opencv-doc ffmpeg mosquitto mosquitto-clients prometheus prometheus-node-exporter prometheus-alertmanager \
 	chromium chromium-driver postgresql libb64-0d \
 	systemd-container debootstrap apt-cacher-ng iproute2 openssh-client bridge-utils \
-	libgl1 nodejs npm podman runc
+	libgl1 podman runc
 
 EXTRAS := server,fleet,review,cloud,train,dev
 
@@ -31,6 +33,7 @@ setup: apt venv node-tools
 apt: $(VENV)/.apt-stamp
 $(VENV)/.apt-stamp:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 		echo "apt-get install:" $$missing; \
 		export DEBIAN_FRONTEND=noninteractive; \
