@@ -28,6 +28,7 @@ import numpy as np
 
 from app.pipeline.postprocess import decoder_for
 from app.pipeline.preprocess import Preprocessor
+from fleet.atomic import swap_dir
 from fleet.gates import report as gates_report
 from fleet.gates.accuracy import AccuracyReport, GatesInputError, evaluate
 from fleet.gates.binding import REPORT_KIND
@@ -180,13 +181,7 @@ def write_atomically(out: Path, files: dict[str, bytes | str], extra_writers=())
         for write in extra_writers:
             write(tmp)
         os.chmod(tmp, 0o755)
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

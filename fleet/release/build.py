@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.integrity import digests, write_sums
+from fleet.atomic import swap_dir
 from fleet.gates.binding import require_gated
 from fleet.repo import REPO_ROOT
 from fleet.rollout.planner import PlanRefused
@@ -70,16 +71,6 @@ def build_wheel(dest: Path, root: Path = REPO_ROOT) -> Path:
     if len(wheels) != 1:
         raise RuntimeError(f"expected one edgecv_fleet wheel in {dest}, found {[w.name for w in wheels]}")
     return wheels[0]
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def build(fleet_file: Path, out: Path, wheel: Path | None = None, root: Path = REPO_ROOT,
@@ -131,7 +122,7 @@ def build(fleet_file: Path, out: Path, wheel: Path | None = None, root: Path = R
         }
         (tmp / "release.json").write_text(json.dumps(doc, indent=1) + "\n")
         os.chmod(tmp, 0o755)
-        _swap_in(tmp, out)
+        swap_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
