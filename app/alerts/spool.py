@@ -12,6 +12,7 @@ fresh spool is started, so a corrupt file neither stops alerts nor loses what it
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -19,7 +20,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,8 +117,7 @@ class Spool:
         if not rows:
             return []
         with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
+            with self._write():
                 seqs = [
                     self._db.execute("INSERT INTO spool (topic, payload, created) VALUES (?, ?, ?)", r).lastrowid
                     for r in rows
@@ -127,13 +127,6 @@ class Spool:
                     self._db.execute(
                         "DELETE FROM spool WHERE seq IN (SELECT seq FROM spool ORDER BY seq LIMIT ?)", (over,)
                     )
-                self._db.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                self._rollback()
-                raise _write_error(self.path, exc) from exc
-            except BaseException:
-                self._rollback()
-                raise
             self._count += len(rows) - max(over, 0)
             if over > 0:
                 self.dropped += over
@@ -154,17 +147,24 @@ class Spool:
         if not seqs:
             return
         with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
+            with self._write():
                 removed = self._db.executemany("DELETE FROM spool WHERE seq = ?", [(s,) for s in seqs]).rowcount
-                self._db.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                self._rollback()
-                raise _write_error(self.path, exc) from exc
-            except BaseException:
-                self._rollback()
-                raise
             self._count -= removed
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[None]:
+        """One write transaction: COMMIT on success; on failure ROLLBACK (when SQLite has not already) and
+        raise, an OperationalError (disk full, I/O) as the spool's own write error."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            yield
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            self._rollback()
+            raise _write_error(self.path, exc) from exc
+        except BaseException:
+            self._rollback()
+            raise
 
     def _rollback(self) -> None:
         # SQLite may already have rolled back itself (it does on SQLITE_FULL): a second ROLLBACK would

@@ -3,11 +3,8 @@
 import socket
 import threading
 import time
-from pathlib import Path
 
-import cv2
 import numpy as np
-import pytest
 
 from app.metrics import Metrics
 from app.pipeline.capture import CameraReader, FrameSlot, backoff_delay
@@ -34,17 +31,6 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap():
         delays = [backoff_delay(attempt, 0.5, 8.0) for _ in range(200)]
         assert min(delays) >= nominal * 0.5 and max(delays) <= nominal
         assert max(delays) - min(delays) > nominal * 0.2  # jittered, not lock-step
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> Path:
-    """20 frames at 50 fps, frame k filled with the value 10*k (so frames can be told apart)."""
-    path = tmp_path_factory.mktemp("video") / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 50.0, (64, 48))
-    for k in range(20):
-        writer.write(np.full((48, 64, 3), 10 * k, np.uint8))
-    writer.release()
-    return path
 
 
 def wait_for(cond, timeout: float) -> bool:

@@ -7,7 +7,6 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -26,17 +25,6 @@ def wait_for(cond, timeout: float) -> bool:
             return True
         time.sleep(0.01)
     return cond()
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> Path:
-    """20 frames at 50 fps, frame k filled with the value 10*k (so frames can be told apart)."""
-    path = tmp_path_factory.mktemp("video") / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 50.0, (64, 48))
-    for k in range(20):
-        writer.write(np.full((48, 64, 3), 10 * k, np.uint8))
-    writer.release()
-    return path
 
 
 def collect(reader, seconds: float) -> list:
