@@ -87,9 +87,13 @@ lint: setup
 	$(VENV)/bin/yamllint -s .
 	@if ls roles/*/tasks/main.yml >/dev/null 2>&1; then ANSIBLE_INVENTORY=inventory/example PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/ansible-lint --profile production -q; fi
 
+# pytest-xdist workers for make test: the suite mostly waits on servers, playbooks and subprocesses, so two
+# workers on a 2-core machine halve its time; tests sharing the booted Ansible lab stay on one worker.
+TEST_WORKERS ?= 2
+
 # The container suite (podman builds the app image: ~14 min on vfs storage) runs on its own: make test-container.
 test: setup lint test-py310
-	$(VENV)/bin/pytest -m "not container"
+	$(VENV)/bin/pytest -m "not container" -n $(TEST_WORKERS) --dist loadgroup
 
 test-container: setup
 	$(VENV)/bin/pytest -m container

@@ -15,3 +15,11 @@ def repo_root() -> Path:
 # Fixtures shared across folders (a running Triton with nanodet-m, the telemetry stack) are plugins,
 # so no test imports fixtures from another test module and session-scoped servers start once.
 pytest_plugins = ["tests.support.triton_fixtures", "tests.support.telemetry_fixtures"]
+
+
+def pytest_collection_modifyitems(items):
+    """`make test` runs on two pytest-xdist workers (--dist loadgroup): the tests that share one booted lab of
+    throwaway hosts (tests/ansible) stay together on one worker, so the lab boots once."""
+    for item in items:
+        if "lab" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("ansible-lab"))
