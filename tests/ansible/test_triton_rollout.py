@@ -5,6 +5,7 @@ fit is refused before anything is downloaded. Real ansible-playbook runs, real T
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -22,9 +23,9 @@ MODEL, VERSION = BASE["name"], BASE["version"]
 RELEASES = "/var/lib/tritonserver/releases"
 
 
-def release(ansible: Ansible, tmp_path: Path, version: str, artifact: bytes | None = None) -> Path:
-    """A manifest for `version` of the model in its own registry root; `artifact` replaces the model's bytes
-    (put in the lab's artifact store too), None keeps the bundled artifact."""
+def release(ansible: Ansible, tmp_path: Path, version: str, artifact: bytes | None = None) -> list[str]:
+    """ansible-playbook arguments for `version` of the model (a manifest in its own registry root); `artifact`
+    replaces the model's bytes (in the lab's artifact store too, and handed to render), None keeps the bundled one."""
     root = tmp_path / version
     folder = root / "models" / MODEL
     folder.mkdir(parents=True)
@@ -39,7 +40,11 @@ def release(ansible: Ansible, tmp_path: Path, version: str, artifact: bytes | No
         doc["artifact"] = {**BASE["artifact"], "uri": f"file://{rel}", "sha256": sha, "size": len(artifact)}
     path = folder / "manifest.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    args = ["-e", f"triton_manifest={path}"]
+    if artifact is not None:  # render resolves file:// URIs against the repository; --artifact names the copy
+        render = f"{Path(ansible.env['PATH'].split(':')[0]) / 'edgecv'} triton render --artifact {root / rel}"
+        args += ["-e", json.dumps({"triton_render_command": render})]  # JSON: the value has spaces
+    return args
 
 
 def started(ansible: Ansible, host: str) -> str:
@@ -70,7 +75,7 @@ def test_release_that_cannot_load_rolls_back_the_first_device_and_stops_the_site
     # Passes its sha256 (the registry's bytes), but no ONNX Runtime can open it: Triton cannot load it.
     broken = release(ansible, tmp_path, "9.9.8", os.urandom(4096))
 
-    run = ansible.playbook("triton.yml", "--limit", "depot_north", "-e", f"triton_manifest={broken}")
+    run = ansible.playbook("triton.yml", "--limit", "depot_north", *broken)
 
     assert run.rc != 0, run.output[-4000:]
     assert run.recap[first]["failed"] == 1, run.output[-4000:]
@@ -100,9 +105,7 @@ def test_switch_prunes_old_releases_but_never_the_live_or_previous_one(ansible, 
     )
     newer = release(ansible, tmp_path, "1.0.1")
 
-    run = ansible.playbook(
-        "triton.yml", "--limit", "yard_south", "-e", f"triton_manifest={newer}", "-e", "triton_keep_releases=2"
-    )
+    run = ansible.playbook("triton.yml", "--limit", "yard_south", *newer, "-e", "triton_keep_releases=2")
 
     assert run.rc == 0, run.output[-4000:]
     assert served(ansible, host) == f"{MODEL}@1.0.1"
@@ -122,9 +125,8 @@ def test_fetch_that_would_not_fit_is_refused_before_downloading(ansible, converg
     margin = 10**15  # more than any test host's disk: the margin stands in for a full eMMC
 
     run = ansible.playbook(
-        "triton.yml", "--limit", "yard_south", "-e", f"triton_manifest={newer}",
-        "-e", f"triton_free_space_margin_bytes={margin}",
-    )  # fmt: skip
+        "triton.yml", "--limit", "yard_south", *newer, "-e", f"triton_free_space_margin_bytes={margin}"
+    )
 
     assert run.rc != 0 and run.recap[host]["failed"] == 1, run.output[-4000:]
     needed = margin + BASE["artifact"]["size"]
