@@ -79,8 +79,10 @@ def test_packages_files_and_units(infra, name):
 @pytest.mark.parametrize("name", HOSTS)
 def test_triton_serves_the_model(infra, name):
     host = infra[name]
-    for port in (8000, 8001, 8002):
-        assert host.socket(f"tcp://0.0.0.0:{port}").is_listening, port
+    for port in (8000, 8001, 8002):  # loopback only (metrics_listen_interface defaults to lo); gRPC is dual-stack
+        lines = host.check_output(f"ss -Hltn sport = :{port}").splitlines()
+        local = {line.split()[3].rsplit(":", 1)[0] for line in lines}
+        assert local and local <= {"127.0.0.1", "[::ffff:127.0.0.1]"}, (port, local)
     ready = host.run(
         f"python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/v2/models/{MODEL}/ready').status)\""
     )
