@@ -13,7 +13,8 @@
         zones: [...]; lines: [...]; rules: [...]    # app.pipeline.rules.RulesConfig, per camera (frame pixels)
     tracker: {...}                                  # app.pipeline.tracker.TrackerConfig
     mqtt: {host: 127.0.0.1, port: 1883}            # omit to keep events local (counted, not sent)
-    metrics: {host: 0.0.0.0, port: 9108}
+    #   TLS: port 8883 (or tls: true): tls_ca (default: system CA store), tls_cert + tls_key, tls_verify_hostname
+    metrics: {host: 127.0.0.1, port: 9108}          # default host 0.0.0.0; the role binds metrics_listen_interface
     spool_dir: /var/lib/edgecv/spool
     evidence: {dir: ..., pre_roll_s: 5, post_roll_s: 5, store: {bucket: ..., endpoint_url: ..., region: ...}}
     drift: {...}          # app.drift.monitors.DriftConfig; on whenever the manifest has reference_confidence
