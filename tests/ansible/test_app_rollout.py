@@ -8,7 +8,7 @@ import pytest
 
 from tests.ansible.support import DEVICES
 
-pytestmark = [pytest.mark.ansible, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.ansible, pytest.mark.slow, pytest.mark.timeout(1800)]  # the first test of a session waits for the converge
 
 NORTH = DEVICES["depot_north"]
 LIVE = "readlink -f /opt/edgecv/venv"
