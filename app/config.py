@@ -13,7 +13,8 @@
         zones: [...]; lines: [...]; rules: [...]    # app.pipeline.rules.RulesConfig, per camera (frame pixels)
     tracker: {...}                                  # app.pipeline.tracker.TrackerConfig
     mqtt: {host: 127.0.0.1, port: 1883}            # omit to keep events local (counted, not sent)
-    metrics: {host: 0.0.0.0, port: 9108}
+    #   TLS: port 8883 (or tls: true): tls_ca (default: system CA store), tls_cert + tls_key, tls_verify_hostname
+    metrics: {host: 127.0.0.1, port: 9108}          # default host 0.0.0.0; the role binds metrics_listen_interface
     spool_dir: /var/lib/edgecv/spool
     evidence: {dir: ..., pre_roll_s: 5, post_roll_s: 5, store: {bucket: ..., endpoint_url: ..., region: ...}}
     drift: {...}          # app.drift.monitors.DriftConfig; on whenever the manifest has reference_confidence
@@ -159,13 +160,41 @@ class CameraConfig(_Strict):
         return RulesConfig(zones=self.zones, lines=self.lines, rules=self.rules)
 
 
+MQTT_TLS_PORT = 8883
+
+
 class MqttConfig(_Strict):
+    """The site broker. TLS is on when `tls: true`, when a TLS file is given, or on port 8883 (MQTT over TLS);
+    without `tls_ca` the broker's certificate is checked against the system CA store. File paths are
+    relative to the config file."""
+
     host: str = "127.0.0.1"
     port: Annotated[int, Field(gt=0, lt=65536)] = 1883
     username: str | None = None
     password: str | None = None
-    tls_ca: str | None = None
+    tls: bool | None = Field(None, description="default: on for port 8883 or when a tls_* file is set")
+    tls_ca: str | None = Field(None, description="PEM CA bundle the broker's certificate must chain to")
+    tls_cert: str | None = Field(None, description="PEM client certificate (for a broker that requires one)")
+    tls_key: str | None = Field(None, description="PEM key of tls_cert")
+    tls_verify_hostname: bool = Field(True, description="check the certificate's name against host")
     window: Annotated[int, Field(ge=1)] = 32
+
+    @model_validator(mode="after")
+    def _tls_consistent(self) -> MqttConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together (the client certificate and its key)")
+        files = [k for k in ("tls_ca", "tls_cert", "tls_key") if getattr(self, k)]
+        if self.tls is False and files:
+            raise ValueError(f"tls is false but {', '.join(files)} is set")
+        if self.tls is False and self.port == MQTT_TLS_PORT:
+            raise ValueError(f"port {MQTT_TLS_PORT} is MQTT over TLS: set tls: true (or use the broker's plain port)")
+        return self
+
+    @property
+    def use_tls(self) -> bool:
+        if self.tls is not None:
+            return self.tls
+        return self.port == MQTT_TLS_PORT or any((self.tls_ca, self.tls_cert, self.tls_key))
 
 
 class MetricsConfig(_Strict):
@@ -342,6 +371,11 @@ def check_references(doc: YamlDoc, cfg: AppConfig) -> tuple[Resolved | None, lis
                         f"cameras[{i}].rules[{j}].classes",
                         f"unknown classes {unknown} (the model has: {manifest.classes})",
                     )
+    if cfg.mqtt is not None and cfg.mqtt.use_tls:
+        for key in ("tls_ca", "tls_cert", "tls_key"):
+            value = getattr(cfg.mqtt, key)
+            if value and not _rel(base, value).is_file():
+                problem(("mqtt", key), f"mqtt.{key}", f"file not found: {_rel(base, value)}")
     if cfg.sampling is not None and cfg.review is None:
         problem(("sampling",), "sampling", "flagged frames go to the review service: add a review: section")
     if cfg.review is not None and not os.environ.get(cfg.review.token_env):
@@ -382,6 +416,11 @@ def camera_source(resolved: Resolved, cam: CameraConfig) -> str:
     if cam.is_stream or resolved.source is None:
         return cam.url
     return str(_rel(resolved.source.parent, cam.url.removeprefix("file://")))
+
+
+def config_path(resolved: Resolved, path: str) -> str:
+    """A path from the config (a TLS file, say) resolved against the config file's directory."""
+    return str(path if resolved.source is None else _rel(resolved.source.parent, path))
 
 
 def check_config(path: str | Path) -> tuple[Resolved | None, list[Problem]]:

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.config import Resolved, camera_source
+from app.config import Resolved, camera_source, config_path
 from app.drift.monitors import DriftMonitor
 from app.drift.sampling import ReviewSampler
 from app.metrics import PIPELINE_STAGES, Metrics
@@ -489,6 +489,21 @@ def _no_rules():
     return RulesConfig()
 
 
+def mqtt_publisher(resolved: Resolved, metrics: Metrics | None = None, make_room=None):
+    """The alert publisher for the config's mqtt: section (TLS files relative to the config file)."""
+    from app.alerts.publisher import AlertPublisher, tls_context
+
+    cfg, m = resolved.config, resolved.config.mqtt
+    tls = None
+    if m.use_tls:
+        files = (config_path(resolved, f) if f else None for f in (m.tls_ca, m.tls_cert, m.tls_key))
+        tls = tls_context(*files, verify_hostname=m.tls_verify_hostname)
+    return AlertPublisher(
+        m.host, m.port, cfg.site_id, cfg.device_id, cfg.spool_dir, window=m.window,
+        username=m.username, password=m.password, tls=tls, metrics=metrics, make_room=make_room,
+    )
+
+
 class AppRunner:
     """The whole app process: the pipeline, the MQTT publisher (when configured) and the status endpoint."""
 
@@ -500,13 +515,7 @@ class AppRunner:
         self._spool_dir = cfg.spool_dir
         publisher = pipeline_kw.pop("publisher", None)
         if publisher is None and cfg.mqtt is not None:
-            from app.alerts.publisher import AlertPublisher
-
-            publisher = AlertPublisher(
-                cfg.mqtt.host, cfg.mqtt.port, cfg.site_id, cfg.device_id, cfg.spool_dir, window=cfg.mqtt.window,
-                username=cfg.mqtt.username, password=cfg.mqtt.password, tls_ca=cfg.mqtt.tls_ca, metrics=self.metrics,
-                make_room=self._make_room,
-            )
+            publisher = mqtt_publisher(resolved, self.metrics, make_room=self._make_room)
         self.store = self.uploader = None
         self._running = False
         if cfg.evidence is not None and "evidence" not in pipeline_kw:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import ssl
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -49,6 +50,20 @@ from app.alerts.spool import Spool, SpoolItem, SpoolWriteError
 from app.pipeline.types import Event
 
 log = logging.getLogger(__name__)
+
+
+def tls_context(
+    ca: str | None = None, cert: str | None = None, key: str | None = None, verify_hostname: bool = True
+) -> ssl.SSLContext:
+    """Client TLS for the broker: its certificate must chain to `ca` (None: the system CA store) and, unless
+    verify_hostname is off, name the host connected to; `cert`/`key` when the broker asks for a client
+    certificate. Unreadable or invalid files raise here, at start, not at the first connect."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = verify_hostname
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    return ctx
 
 
 def _check_level(what: str, value: str, allow_slash: bool = False) -> str:
@@ -83,7 +98,7 @@ class AlertPublisher:
         reconnect_max_s: float = 30.0,
         username: str | None = None,
         password: str | None = None,
-        tls_ca: str | None = None,
+        tls: ssl.SSLContext | None = None,
         metrics=None,
         spool_max_items: int = 1_000_000,
         spool_synchronous: str = "FULL",
@@ -119,9 +134,11 @@ class AlertPublisher:
         self.client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
         if username:
             self.client.username_pw_set(username, password)
-        if tls_ca:
-            self.client.tls_set(ca_certs=tls_ca)
+        if tls is not None:
+            self.client.tls_set_context(tls)
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
+        self.connect_failures = 0  # attempts that failed before a CONNACK (refused socket, TLS handshake)
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
 
@@ -402,6 +419,13 @@ class AlertPublisher:
         with self._cv:
             self._epoch += 1
         self._set_connected(True)
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        # paho retries on its own; say so once in a while (a bad CA or certificate fails every attempt).
+        self.connect_failures += 1
+        if self.connect_failures in (1, 10, 100) or self.connect_failures % 1000 == 0:
+            log.warning("cannot connect to MQTT broker %s:%s (%d attempts; unreachable, or its TLS certificate is not "
+                        "trusted); retrying", self.host, self.port, self.connect_failures)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self._connected:

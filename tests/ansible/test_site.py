@@ -100,7 +100,9 @@ def _get(host, url: str) -> str:
 @pytest.mark.parametrize("name", HOSTS)
 def test_app_ready_and_exporting_stage_histograms(infra, name):
     host = infra[name]
-    assert host.socket("tcp://0.0.0.0:9108").is_listening
+    # metrics_listen_interface defaults to lo: the status server is not reachable from the site network.
+    assert host.socket("tcp://127.0.0.1:9108").is_listening
+    assert not host.socket("tcp://0.0.0.0:9108").is_listening
     _get(host, "http://127.0.0.1:9108/readyz")  # raises on anything but 2xx
     metrics = _get(host, "http://127.0.0.1:9108/metrics")
     for stage in ("capture", "preprocess", "inference", "postprocess", "total"):

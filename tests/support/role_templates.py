@@ -26,6 +26,10 @@ def render(role: str, template: str, **overrides: Any) -> str:
     Ansible does lazily; StrictUndefined makes a variable the template needs and nobody set an error."""
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters["to_json"] = json.dumps
+    # Ansible's own filters (combine, to_nice_yaml, bool...) where Jinja has none of that name.
+    from ansible.plugins.filter.core import FilterModule
+
+    env.filters.update({k: f for k, f in FilterModule().filters().items() if k not in env.filters})
     variables: dict[str, Any] = {"ansible_managed": "Ansible managed (rendered by a test)", "role_path": str(ROLES / role)}
     variables.update(role_defaults(role))
     variables.update(overrides)
