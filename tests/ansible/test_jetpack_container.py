@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-pytestmark = [pytest.mark.ansible, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.ansible, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 HOST = "jetson-north-01"
 DATA_ROOT = "/srv/docker"

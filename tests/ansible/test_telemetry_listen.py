@@ -11,7 +11,7 @@ import pytest
 
 from tests.ansible.support import DEVICES
 
-pytestmark = [pytest.mark.ansible, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.ansible, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 HOSTS = [h for hosts in DEVICES.values() for h in hosts]
 
