@@ -16,7 +16,7 @@ APT_PACKAGES := python3-venv python3-dev python3-gi gir1.2-gst-rtsp-server-1.0 g
 	gstreamer1.0-tools opencv-doc ffmpeg mosquitto mosquitto-clients prometheus prometheus-node-exporter prometheus-alertmanager \
 	chromium chromium-driver postgresql libb64-0d \
 	systemd-container debootstrap apt-cacher-ng iproute2 openssh-client bridge-utils \
-	libgl1 podman runc
+	libgl1 podman runc systemd-journal-remote
 
 EXTRAS := server,fleet,review,cloud,train,dev
 

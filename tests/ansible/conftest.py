@@ -15,6 +15,7 @@ from tests.ansible.support import (
     MODEL_FILE,
     REPO,
     Ansible,
+    JournalReceiver,
     build_nvidia_repo,
     build_wheelhouse,
     put_standins,
@@ -50,7 +51,15 @@ def lab(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ansible(lab: Lab, tmp_path_factory) -> Ansible:
+def journal_receiver(lab: Lab, tmp_path_factory) -> JournalReceiver:
+    """Where the devices ship their journal (systemd-journal-remote on the bridge, as a site's central host)."""
+    receiver = JournalReceiver(lab, tmp_path_factory.mktemp("journal-remote"))
+    receiver.start()
+    return receiver
+
+
+@pytest.fixture(scope="session")
+def ansible(lab: Lab, journal_receiver: JournalReceiver, tmp_path_factory) -> Ansible:
     import yaml
 
     work = tmp_path_factory.mktemp("ansible")
@@ -83,6 +92,10 @@ def ansible(lab: Lab, tmp_path_factory) -> Ansible:
             "jetson_facts_model_file": MODEL_FILE,
             # A container shares the kernel's boot_id; its PID 1 start time tells a new boot.
             "jetpack_reboot_boot_time_command": "cut -d' ' -f22 /proc/1/stat",
+            # Journals go to the receiver on the bridge (plain HTTP on the lab's private bridge only).
+            "telemetry_journal_upload_url": journal_receiver.url,
+            "telemetry_journal_upload_insecure_http": True,
+            "telemetry_journal_upload_retry_sec": 2,
         },
     )
     # Per-site cameras go into each device's host_vars (they beat the example's group_vars).

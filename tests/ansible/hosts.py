@@ -45,6 +45,8 @@ def missing_prerequisite() -> str | None:
     for name in BINARIES:
         if not shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin"):
             return f"'{name}' is not installed (make apt installs it)"
+    if not Path("/lib/systemd/systemd-journal-remote").exists():
+        return "systemd-journal-remote is not installed (make apt installs it: the journal receiver)"
     if "overlay" not in Path("/proc/filesystems").read_text():
         return "the kernel has no overlayfs"
     return None
@@ -263,6 +265,17 @@ class Lab:
         self._save()
         _wait_port(self.state.gateway, port, 20, "http.server", proc)
         return f"http://{self.state.gateway}:{port}"
+
+    def daemon(self, argv: list[str], port: int, what: str) -> subprocess.Popen:
+        """A helper daemon of the lab listening on the bridge at `port` (torn down with the lab)."""
+        proc = self._spawn(argv, self.dir / f"{what}-{port}.log")
+        self.state.pids.append(proc.pid)
+        self._save()
+        _wait_port(self.state.gateway, port, 20, what, proc)
+        return proc
+
+    def free_port(self) -> int:
+        return _free_port(self.state.gateway)
 
     def _prepare_upper(self, host: Host, upper: Path) -> None:
         """Files a fresh host needs before boot: identity, the controller's key, the site's apt proxy."""

@@ -83,6 +83,16 @@ ExecStart=/usr/sbin/nvpmodel -f /etc/nvpmodel.conf
 [Install]
 WantedBy=multi-user.target
 """
+# JetPack's zram swap unit (a container cannot create zram devices: the unit only has to exist, disabled).
+NVZRAMCONFIG_UNIT = """[Unit]
+Description=stand-in for NVIDIA's nvzramconfig.service (zram swap)
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/true
+[Install]
+WantedBy=multi-user.target
+"""
 JETSON_CLOCKS = """#!/bin/sh
 # stand-in for NVIDIA's jetson_clocks: logs every call
 echo "jetson_clocks $*" >> /var/log/jetson-standins.log
@@ -205,6 +215,7 @@ def put_standins(lab: Lab, video: Path, repo_url: str) -> None:
         lab.stand_in(name, "/usr/sbin/nvpmodel", NVPMODEL, 0o755)
         lab.stand_in(name, "/etc/systemd/system/nvpmodel.service", NVPMODEL_UNIT)
         lab.stand_in(name, "/usr/bin/jetson_clocks", JETSON_CLOCKS, 0o755)
+        lab.stand_in(name, "/etc/systemd/system/nvzramconfig.service", NVZRAMCONFIG_UNIT)
         lab.stand_in(
             name, "/etc/apt/sources.list.d/nvidia-l4t-apt-source.list", STOCK_SOURCE.format(url=repo_url, rev=rev[0])
         )
@@ -219,6 +230,42 @@ def put_standins(lab: Lab, video: Path, repo_url: str) -> None:
             ["scp", "-q", *lab.ssh_options(), str(video), f"root@{lab.host(name).address}:/srv/edgecv-test/camera.avi"],
             check=True,
         )
+
+
+JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
+
+
+class JournalReceiver:
+    """The central side of journal shipping: the real systemd-journal-remote on the bridge, writing one journal
+    file per sending device under `directory` (read back with journalctl --directory)."""
+
+    def __init__(self, lab: Lab, directory: Path):
+        self.lab, self.directory, self.port = lab, directory, lab.free_port()
+        self.proc: subprocess.Popen | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.lab.state.gateway}:{self.port}"
+
+    def start(self) -> None:
+        argv = [JOURNAL_REMOTE, f"--listen-http={self.lab.state.gateway}:{self.port}", f"--output={self.directory}/",
+                "--split-mode=host"]  # fmt: skip
+        self.proc = self.lab.daemon(argv, self.port, "journal-remote")
+
+    def stop(self) -> None:
+        """The receiver goes away (the uplink or the central host is down)."""
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def messages(self, tag: str) -> list[str]:
+        out = subprocess.run(
+            ["journalctl", "--directory", str(self.directory), "-t", tag, "-o", "cat", "--no-pager"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        return out.stdout.splitlines()
 
 
 def write_inventory(lab: Lab, root: Path, overrides: dict) -> Path:

@@ -122,7 +122,7 @@ def test_app_ready_and_exporting_stage_histograms(infra, name):
 @pytest.mark.parametrize("name", HOSTS)
 def test_node_exporter_and_agent(infra, name):
     host = infra[name]
-    assert host.socket("tcp://9100").is_listening
+    assert host.socket("tcp://127.0.0.1:9100").is_listening  # metrics_listen_interface defaults to lo
     assert "node_cpu_seconds_total" in _get(host, "http://127.0.0.1:9100/metrics")
     assert "--enable-feature=agent" in host.file("/etc/default/prometheus").content_string
     targets = json.loads(_get(host, "http://127.0.0.1:9090/api/v1/targets"))["data"]["activeTargets"]
