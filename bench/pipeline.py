@@ -1,7 +1,8 @@
 """Pipeline throughput and CPU per frame: today's path, the fused paths and a naive client, all in the same run.
 
-    .venv/bin/python bench/pipeline.py [--seconds 6] [--streams 1,4,8] [--paths today,uint8,uint8+server,naive]
-        [--batch-size 32] [--latency-out reports/bench-pipeline-latency.json] [--json-out figures.json]
+    .venv/bin/python bench/pipeline.py [--seconds 6] [--streams 1,4,8|none] [--paths today,uint8,uint8+server,naive]
+        [--batch-size 32] [--batch-models echo,nanodet] [--nanodet-frames 160]
+        [--latency-out reports/bench-pipeline-latency.json] [--json-out figures.json]
 
 What is measured: the whole app pipeline (preprocess into the batch buffer, batching, Triton round trip,
 decode + NMS, tracking, rules) fed by synthetic cameras that always have a fresh 768x576 frame, against a
@@ -27,7 +28,11 @@ Then, each against today's way in the same run:
 - video decode of a 768x576 H.264 file: OpenCV's FFmpeg against the GStreamer reader's pipeline (software
   decoders both; NVDEC on a Jetson cannot be measured here);
 - batch mode (`edgecv app batch`, batch 32, fused model) on H.264 files against the served model's own
-  throughput (full batches back to back; goal >= 90 %) and against decoding the same files alone.
+  throughput (full batches back to back; goal >= 90 %) and against decoding the same files alone, for each
+  model in --batch-models: `echo` (no model compute: its images/s exceed what this machine can decode, so
+  the goal is out of reach by construction on a few CPU cores; the share of decode-only is the figure that
+  says how much batch mode adds) and `nanodet` (the real NanoDet-m on Triton's CPU: the model bounds it here,
+  so the share of its own throughput is the meaningful goal figure; its run uses --nanodet-frames frames).
 
 Last, a short run of the real NanoDet (2 cameras at 10 fps, today's path) writes the per-stage p50/p95 latency
 JSON that `edgecv gates --latency` reads.
@@ -354,31 +359,94 @@ def parallel_decode(videos: list[Path], decoders: int) -> float:
 
 
 def batch_mode(manifest: ModelManifest, url: str, videos: list[Path], out: Path, batch: int) -> dict:
-    """`edgecv app batch` on `videos` against the served model: frames/s end to end (decode included)."""
+    """`edgecv app batch` on `videos` against the served model: frames/s end to end (decode included), and the
+    load average while it ran (other work on the machine shares its cores)."""
     from app.batch import BatchRunner
 
     resolved = resolved_for(manifest, ["cam0"], url, protocol="grpc", shm="on", batch=batch, inflight=2,
                             delay_ms=0.0)
+    c0 = time.process_time()
     summary = BatchRunner(resolved, out, batch=batch, decoders=min(4, os.cpu_count() or 1)).run(videos)
-    return {"frames": summary.frames, "seconds": summary.seconds, "fps": summary.fps}
+    return {"frames": summary.frames, "seconds": summary.seconds, "fps": summary.fps,
+            "main_cpu_ms_per_frame": 1000 * (time.process_time() - c0) / max(summary.frames, 1),
+            "load_avg_1m": os.getloadavg()[0]}
+
+
+def batch_figures(manifest: ModelManifest, url: str, frame: np.ndarray, videos: list[Path], out: Path, batch: int,
+                  seconds: float) -> dict:
+    """Batch mode against the served model's own throughput and against decoding the same files alone, all three
+    measured one after the other in this run (decode-only before and after batch mode, averaged: the load of
+    the machine drifts)."""
+    decoders = min(4, os.cpu_count() or 1)
+    own = model_throughput(manifest, url, frame, batch, seconds)
+    before = parallel_decode(videos, decoders)
+    mode = batch_mode(manifest, url, videos, out, batch)
+    ceiling = (before + parallel_decode(videos, decoders)) / 2
+    return {"batch": batch, "model_images_per_s": own, **mode, "of_model": mode["fps"] / own,
+            "decode_only_fps": ceiling, "of_decode": mode["fps"] / ceiling,
+            "goal_reachable": ceiling >= 0.9 * own}
+
+
+def print_batch(console, name: str, b: dict) -> None:
+    console.print(f"batch mode, {name}, batch {b['batch']}: {b['fps']:.0f} frames/s end to end ({b['frames']} frames, "
+                  f"load average {b['load_avg_1m']:.1f} on {os.cpu_count()} cores) against the model's own "
+                  f"{b['model_images_per_s']:.0f} images/s: {100 * b['of_model']:.0f} % (goal >= 90 %); decoding the "
+                  f"same files alone: {b['decode_only_fps']:.0f} frames/s (batch mode reaches "
+                  f"{100 * b['of_decode']:.0f} % of that ceiling)")
+    if not b["goal_reachable"]:
+        console.print(f"  the {name} model's {b['model_images_per_s']:.0f} images/s exceed what this machine decodes "
+                      f"({b['decode_only_fps']:.0f} frames/s): >= 90 % of it is unreachable by construction here; "
+                      "the share of decode-only is the figure for batch mode's own cost")
+
+
+def print_streams(console, results: dict, paths: dict, streams: list[int]) -> None:
+    from rich.table import Table
+
+    table = Table(title="pipeline throughput and CPU per frame (echo model: no model compute; one core)")
+    for col in ("streams", "path", "frames/s", "x naive", "CPU ms/frame", "CPU vs today"):
+        table.add_column(col, justify="right")
+    for n, row in results["streams"].items():
+        for name, r in row.items():
+            table.add_row(str(n), name, f"{r['fps']:.1f}", f"{r['x_naive']:.2f}x", f"{r['cpu_ms_per_frame']:.2f}",
+                          f"{r['cpu_vs_today']:.2f}")
+    console.print(table)
+    best = min((p for p in paths if p != "naive"),
+               key=lambda p: results["streams"][max(streams)][p]["cpu_ms_per_frame"])
+    top = results["streams"][max(streams)][best]
+    one = results["streams"].get(1, {}).get(best)
+    results["goals"] = {
+        "best_path": best,
+        "x_naive_at_max_streams": round(top["x_naive"], 2),
+        "x_naive_goal_met": top["x_naive"] >= 6.0,
+        "cpu_ms_per_frame_at_max_streams": round(top["cpu_ms_per_frame"], 3),
+        "cpu_goal_at_max_streams_met": top["cpu_ms_per_frame"] <= 1.0,
+        **({"cpu_ms_per_frame_at_1_stream": round(one["cpu_ms_per_frame"], 3),
+            "cpu_goal_at_1_stream_met": one["cpu_ms_per_frame"] <= 2.0} if one else {}),
+    }
+    console.print(f"best path {best}: {top['x_naive']:.2f}x naive at {max(streams)} streams (goal >= 6x), "
+                  f"{top['cpu_ms_per_frame']:.2f} ms CPU/frame (goal <= 1.0)"
+                  + (f", {one['cpu_ms_per_frame']:.2f} ms at 1 stream (goal <= 2.0)" if one else ""))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=6.0, help="measured seconds per configuration")
     ap.add_argument("--warmup", type=float, default=1.0)
-    ap.add_argument("--streams", default="1,4,8")
+    ap.add_argument("--streams", default="1,4,8", help="stream counts for the live paths ('none': skip them)")
     ap.add_argument("--paths", default="today,uint8,uint8+server,naive", help="which paths to measure (today and "
                     "naive always: the ratios are against them)")
     ap.add_argument("--batch-size", type=int, default=32, help="batch mode's images per request (0: skip batch mode)")
-    ap.add_argument("--batch-videos", type=int, default=4, help="H.264 files of 300 frames for batch mode")
+    ap.add_argument("--batch-videos", type=int, default=4, help="H.264 files of 300 frames for batch mode (echo)")
+    ap.add_argument("--batch-models", default="echo,nanodet",
+                    help="models batch mode runs against: echo (no compute), nanodet (real NanoDet-m, Triton on CPU)")
+    ap.add_argument("--nanodet-frames", type=int, default=160,
+                    help="frames batch mode runs through the real NanoDet (two files; the CPU model is slow)")
     ap.add_argument("--real-seconds", type=float, default=10.0, help="real-model run for the latency JSON (0: skip)")
     ap.add_argument("--latency-out", type=Path, default=REPO / "reports" / "bench-pipeline-latency.json")
     ap.add_argument("--json-out", type=Path, default=None, help="also write every figure here")
     args = ap.parse_args()
 
     from rich.console import Console
-    from rich.table import Table
 
     from app.pipeline.latency import write_report
     from fleet.local.triton import triton
@@ -387,7 +455,11 @@ def main() -> None:
     console = Console()
     manifest = load_manifest(MANIFEST)
     frame = sample_frame()
-    streams = [int(s) for s in args.streams.split(",")]
+    streams = [] if args.streams == "none" else [int(s) for s in args.streams.split(",")]
+    batch_models = {m for m in args.batch_models.split(",") if m}
+    if batch_models - {"echo", "nanodet"}:
+        raise SystemExit(f"--batch-models: unknown {', '.join(sorted(batch_models - {'echo', 'nanodet'}))} "
+                         "(choose echo, nanodet)")
     results: dict = {"frame": list(frame.shape), "streams": {}}
     ours = {"protocol": "grpc", "shm": "on", "batch": 8, "inflight": 2, "delay_ms": 2.0}
     # name -> (served manifest, client settings); "today" is the path before fusing, "naive" the baseline.
@@ -403,7 +475,8 @@ def main() -> None:
                           max_batch_size=max(big, 1),
                           dynamic_batching=DynamicBatching(preferred_batch_sizes=[max(big, 1)]))
     with tempfile.TemporaryDirectory(prefix="edgecv-bench-") as tmp:
-        served = list({m.name: m for m, _ in paths.values()}.values()) + ([batch_model] if big else [])
+        echo_batch = big and "echo" in batch_models
+        served = list({m.name: m for m, _ in paths.values()}.values()) + ([batch_model] if echo_batch else [])
         repo = echo_repository(served, frame, Path(tmp) / "echo")
         with triton(repo, [m.name for m in served], workdir=Path(tmp) / "server-echo") as server:
             # The server (already started) keeps every core; this process (the pipeline) gets one.
@@ -429,43 +502,17 @@ def main() -> None:
             os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
             video = h264_file(sample_video_path(), Path(tmp) / "cam.mp4")
             results["decode"] = decode_throughput(video)
-            if big:
+            if echo_batch:
                 videos = []
                 for i in range(args.batch_videos):
                     videos.append(Path(tmp) / f"rec{i}.mp4")
                     videos[-1].symlink_to(video)
-                own = model_throughput(batch_model, server.grpc_url, frame, big, args.seconds)
-                mode = batch_mode(batch_model, server.grpc_url, videos, Path(tmp) / "batch-out", big)
-                ceiling = parallel_decode(videos, min(4, os.cpu_count() or 1))
-                results["batch"] = {"batch": big, "model_images_per_s": own, **mode, "of_model": mode["fps"] / own,
-                                    "decode_only_fps": ceiling, "of_decode": mode["fps"] / ceiling}
+                results["batch"] = batch_figures(batch_model, server.grpc_url, frame, videos, Path(tmp) / "batch-out",
+                                                 big, args.seconds)
         results["decode_cost"] = decode_cost(manifest, frame)
 
-        table = Table(title="pipeline throughput and CPU per frame (echo model: no model compute; one core)")
-        for col in ("streams", "path", "frames/s", "x naive", "CPU ms/frame", "CPU vs today"):
-            table.add_column(col, justify="right")
-        for n, row in results["streams"].items():
-            for name, r in row.items():
-                table.add_row(str(n), name, f"{r['fps']:.1f}", f"{r['x_naive']:.2f}x", f"{r['cpu_ms_per_frame']:.2f}",
-                              f"{r['cpu_vs_today']:.2f}")
-        console.print(table)
-        best = min((p for p in paths if p != "naive"),
-                   key=lambda p: results["streams"][max(streams)][p]["cpu_ms_per_frame"])
-        top = results["streams"][max(streams)][best]
-        one = results["streams"].get(1, {}).get(best)
-        results["goals"] = {
-            "best_path": best,
-            "x_naive_at_max_streams": round(top["x_naive"], 2),
-            "x_naive_goal_met": top["x_naive"] >= 6.0,
-            "cpu_ms_per_frame_at_max_streams": round(top["cpu_ms_per_frame"], 3),
-            "cpu_goal_at_max_streams_met": top["cpu_ms_per_frame"] <= 1.0,
-            **({"cpu_ms_per_frame_at_1_stream": round(one["cpu_ms_per_frame"], 3),
-                "cpu_goal_at_1_stream_met": one["cpu_ms_per_frame"] <= 2.0} if one else {}),
-        }
-        console.print(f"best path {best}: {top['x_naive']:.2f}x naive at {max(streams)} streams (goal >= 6x), "
-                      f"{top['cpu_ms_per_frame']:.2f} ms CPU/frame (goal <= 1.0)"
-                      + (f", {one['cpu_ms_per_frame']:.2f} ms at 1 stream (goal <= 2.0)" if one else ""))
-
+        if streams:
+            print_streams(console, results, paths, streams)
         d = results["decode"]
         console.print(f"video decode, 768x576 H.264, software ({d['decoder']}): OpenCV {d['opencv']['fps']:.0f} "
                       f"frames/s at {d['opencv']['cpu_ms_per_frame']:.2f} ms CPU/frame; GStreamer "
@@ -475,28 +522,38 @@ def main() -> None:
         console.print(f"decode + NMS, batch {c['batch']}, one CPU thread: numpy {c['numpy_ms']:.2f} ms, as ONNX nodes "
                       f"on onnxruntime CPU {c['onnx_cpu_ms']:.2f} ms ({c['onnx_vs_numpy']:.2f}x)")
         if "batch" in results:
-            b = results["batch"]
-            console.print(f"batch mode, batch {b['batch']}: {b['fps']:.0f} frames/s end to end ({b['frames']} frames) "
-                          f"against the model's own {b['model_images_per_s']:.0f} images/s: {100 * b['of_model']:.0f} % "
-                          f"(goal >= 90 %); decoding the same files alone: {b['decode_only_fps']:.0f} frames/s "
-                          f"(batch mode reaches {100 * b['of_decode']:.0f} % of that ceiling)")
+            print_batch(console, "echo", results["batch"])
 
-        if args.real_seconds > 0:
+        nanodet_batch = big and "nanodet" in batch_models and args.nanodet_frames > 0
+        if args.real_seconds > 0 or nanodet_batch:
             real_repo = Path(tmp) / "real"
-            render(manifest, real_repo, "python")
-            with triton(real_repo, [manifest.name], workdir=Path(tmp) / "server-real") as server:
-                cams = ["cam0", "cam1"]
-                r = measure(
-                    resolved_for(manifest, cams, server.grpc_url, protocol="grpc", shm="on", batch=4, inflight=2,
-                                 delay_ms=20.0),
-                    [SyntheticCamera(c, frame, fps=10) for c in cams], 2.0, args.real_seconds,
-                )
-            report = r["pipeline"].recorder.report()
-            write_report(report, args.latency_out)
-            results["real_model"] = {"fps": r["fps"], "latency": report["stages"]}
-            console.print(f"real NanoDet, 2 cameras at 10 fps: {r['fps']:.1f} frames/s; latency JSON -> "
-                          f"{args.latency_out}")
-            console.print(json.dumps(report["stages"]))
+            real = ([manifest] if args.real_seconds > 0 else []) + ([batch_model] if nanodet_batch else [])
+            for m in real:
+                render(m, real_repo, "python")
+            with triton(real_repo, [m.name for m in real], workdir=Path(tmp) / "server-real") as server:
+                if nanodet_batch:
+                    # Two shorter files: NanoDet on these CPU cores does tens of images/s, not thousands.
+                    short = h264_file(sample_video_path(), Path(tmp) / "short.mp4", max(1, args.nanodet_frames // 2))
+                    videos = [Path(tmp) / "nano0.mp4", Path(tmp) / "nano1.mp4"]
+                    for v in videos:
+                        v.symlink_to(short)
+                    results["batch_nanodet_cpu"] = batch_figures(batch_model, server.grpc_url, frame, videos,
+                                                                 Path(tmp) / "batch-nanodet", big, args.seconds)
+                    print_batch(console, "NanoDet-m (Triton on CPU)", results["batch_nanodet_cpu"])
+                if args.real_seconds > 0:
+                    cams = ["cam0", "cam1"]
+                    r = measure(
+                        resolved_for(manifest, cams, server.grpc_url, protocol="grpc", shm="on", batch=4, inflight=2,
+                                     delay_ms=20.0),
+                        [SyntheticCamera(c, frame, fps=10) for c in cams], 2.0, args.real_seconds,
+                    )
+            if args.real_seconds > 0:
+                report = r["pipeline"].recorder.report()
+                write_report(report, args.latency_out)
+                results["real_model"] = {"fps": r["fps"], "latency": report["stages"]}
+                console.print(f"real NanoDet, 2 cameras at 10 fps: {r['fps']:.1f} frames/s; latency JSON -> "
+                              f"{args.latency_out}")
+                console.print(json.dumps(report["stages"]))
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(results, indent=2, default=float) + "\n")
