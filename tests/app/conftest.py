@@ -26,6 +26,7 @@ if sys.version_info < (3, 11):
         "test_runner_evidence_drift.py",
         "evidence/test_store.py",
         "pipeline/test_capture_gst.py",
+        "alerts/test_publisher_tls.py",  # a real TLS mosquitto and a throwaway CA (`cryptography`): the main suite
         "faults",  # real servers (moto's S3, mosquitto) killed and frozen under the app: the main suite
     ]
 
