@@ -17,9 +17,21 @@ def repo_root() -> Path:
 pytest_plugins = ["tests.support.triton_fixtures", "tests.support.telemetry_fixtures"]
 
 
-def pytest_collection_modifyitems(items):
-    """`make test` runs on two pytest-xdist workers (--dist loadgroup): the tests that share one booted lab of
-    throwaway hosts (tests/ansible) stay together on one worker, so the lab boots once."""
-    for item in items:
-        if "lab" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("ansible-lab"))
+ANSIBLE_LAB_TESTS = "tests/ansible/"
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)  # optional: the CPython 3.10 device venv has no xdist
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` runs on two pytest-xdist workers with `--dist loadgroup`: the tests under tests/ansible
+    share one booted lab of throwaway hosts (a session fixture), so they are one work unit on one worker and
+    the lab boots once; every other test is its own unit. (xdist's own loadgroup reads `xdist_group` marks
+    from node ids it rewrites, which pytest 9 no longer lets it do: each worker would boot a lab.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class AnsibleLabTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return ANSIBLE_LAB_TESTS if nodeid.startswith(ANSIBLE_LAB_TESTS) else nodeid
+
+    return AnsibleLabTogether(config, log)
