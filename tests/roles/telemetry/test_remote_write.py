@@ -70,17 +70,31 @@ def test_the_allow_list_names_only_series_something_exports_and_something_reads(
     assert sorted(set(KEEP) - needed) == [], "kept but read by nothing: drop them or read them"
 
 
+def test_the_agent_scrapes_node_exporter_triton_and_the_app_where_they_listen():
+    """metrics_listen_interface binds all three (roles telemetry, triton, inference_app): the agent scrapes each
+    at that one address, loopback by default."""
+    def targets(**variables) -> dict[str, list[str]]:
+        cfg = yaml.safe_load(agent_config("https://central.example/api/v1/write", False,
+                                          {"node": 9100, "app": 9108, "triton": 8002}, **variables))
+        return {job["job_name"]: job["static_configs"][0]["targets"] for job in cfg["scrape_configs"]}
+
+    assert targets() == {"node": ["127.0.0.1:9100"], "edgecv-app": ["127.0.0.1:9108"], "triton": ["127.0.0.1:8002"]}
+    ip = {"stdout": "3: host0    inet 10.231.7.12/24 brd 10.231.7.255 scope global host0\\       valid_lft forever"}
+    assert targets(metrics_listen_interface="host0", telemetry_listen_interface_ip=ip) == {
+        "node": ["10.231.7.12:9100"], "edgecv-app": ["10.231.7.12:9108"], "triton": ["10.231.7.12:8002"]}
+
+
 # --- rendered configs, checked by the real tools ------------------------------------------------------------
 
 def agent_config(remote_write_url: str, sigv4: bool, ports: dict[str, int], scrape_interval: str = "1s",
-                 device: str = DEVICE, signer: str = "prometheus") -> str:
+                 device: str = DEVICE, signer: str = "prometheus", **variables) -> str:
     return render("telemetry", "prometheus.yml.j2", telemetry_mode="agent", telemetry_remote_write_url=remote_write_url,
                   telemetry_remote_write_sigv4_region=REGION if sigv4 else "", telemetry_aws_profile=PROFILE,
                   telemetry_sigv4_signer=signer,
                   telemetry_scrape_interval=scrape_interval, telemetry_remote_write_batch_deadline="1s",
                   telemetry_external_labels={"site": SITE, "device": device},
                   telemetry_node_exporter_port=ports["node"], telemetry_app_metrics_port=ports["app"],
-                  telemetry_triton_metrics_port=ports["triton"])
+                  telemetry_triton_metrics_port=ports["triton"], **variables)
 
 
 def central_config(rules_dir: Path, alertmanager_port: int) -> str:
