@@ -279,6 +279,7 @@ def write_inventory(lab: Lab, root: Path, overrides: dict) -> Path:
             "ansible_user": "root",
             "ansible_ssh_private_key_file": str(lab.ssh_key),
             "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+            "ansible_host_key_checking": False,  # throwaway hosts, new keys each boot (Mitogen reads this, not ssh args)
             **overrides,
         }
         (inv / "host_vars" / f"{name}.yml").write_text(yaml.safe_dump(host_vars, sort_keys=False))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -32,3 +33,30 @@ def test_a_forgotten_inventory_is_an_error_not_the_example(tmp_path):
         text=True,
     )
     assert run.returncode == 0 and "jetson-north-01" in run.stdout, run.stdout + run.stderr
+
+
+def test_plays_run_under_mitogen_and_the_timing_callback_says_where_the_time_went(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env |= {"ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "HOME": str(tmp_path), "EDGECV_TASK_TIMING_TOP": "1"}
+    playbook = tmp_path / "timed.yml"
+    play = {"hosts": "all", "connection": "local", "gather_facts": False}
+    playbook.write_text(
+        json.dumps([
+            # Under Mitogen a module runs in its interpreter, titled python(mitogen:user@host:pid).
+            {**play, "name": "Nap", "tasks": [
+                {"name": "Who runs modules", "shell": "tr '\\0' ' ' < /proc/$PPID/cmdline", "register": "runner"},
+                {"name": "Nap a while", "command": "sleep 0.6"},
+                {"name": "It was Mitogen", "assert": {"that": "'(mitogen:' in runner.stdout"}}]},
+            {**play, "name": "Quick", "tasks": [{"name": "Say so", "debug": {"msg": "quick"}}]},
+        ])
+    )  # fmt: skip
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", str(playbook)],
+        cwd=REPO, env={**env, "ANSIBLE_PYTHON_INTERPRETER": sys.executable}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    timing = run.stdout[run.stdout.index("PLAY TIMING") :].splitlines()
+    plays = {line.split()[1]: float(line.split()[0].rstrip("s")) for line in timing[1:3]}
+    assert plays["Nap"] >= 0.6 > plays["Quick"], timing
+    # One task, the slowest: the nap.
+    assert timing[3].startswith("TASK TIMING") and timing[4].endswith("Nap a while") and len(timing) == 5, timing
