@@ -381,6 +381,29 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _nspawns(prefix: str) -> dict[int, str]:
+    """systemd-nspawn processes whose --machine= name starts with PREFIX: {pid: machine}."""
+    found: dict[int, str] = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if Path(argv[0]).name == "systemd-nspawn":
+                found |= {int(proc.name): a.split("=", 1)[1] for a in argv if a.startswith(f"--machine={prefix}")}
+    return found
+
+
+def _kill_container(nspawn: int) -> None:
+    """SIGKILL a container's PID 1 (its PID namespace dies with it), then its nspawn. A host rebooted during a
+    run can be left outside its cgroup and its wrapper (nspawn reparented to init): the cgroup sweep misses it,
+    and its Triton and app would load the machine for the rest of the test session."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == nspawn:  # field 4, ppid
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(nspawn, signal.SIGKILL)
+
+
 def teardown(lab_dir: Path) -> None:
     state = LabState.load(lab_dir / "state.json")
     # An orderly poweroff of every container (nspawn turns SIGTERM into one), then kill what is left.
@@ -395,6 +418,8 @@ def teardown(lab_dir: Path) -> None:
         for pid in _cgroup_pids(h.cgroup) | ({h.pid} if h.pid else set()):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+    for pid in _nspawns(f"edgecv-{state.lab_id}-"):
+        _kill_container(pid)
     for pid in state.pids:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
@@ -412,6 +437,10 @@ def cleanup() -> int:
     labs = [d for d in STATE_ROOT.glob("*") if (d / "state.json").exists()] if STATE_ROOT.exists() else []
     for lab in labs:
         teardown(lab)
+    # Containers whose lab is gone (its state already removed): nothing else would ever stop them.
+    for pid, machine in _nspawns("edgecv-").items():
+        if not (STATE_ROOT / machine.split("-")[1]).exists():
+            _kill_container(pid)
     return len(labs)
 
 
