@@ -16,6 +16,7 @@ The context is assembled in a temporary folder beside DIR and swapped in whole: 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -61,10 +62,16 @@ def release_tags_of(fleet_file: Path) -> dict[str, str]:
 
 
 def build_wheel(dest: Path, root: Path = REPO_ROOT) -> Path:
-    """The app wheel from the source tree (no dependencies: the image installs them pinned)."""
+    """The app wheel from the source tree (no dependencies: the image installs them pinned).
+
+    Builds of one tree take turns: without build isolation setuptools stages every build in the tree's own
+    build/, and two at once collide there ("File exists: build/bdist.../edgecv_fleet-0.1.0.dist-info")."""
     dest.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                           "--wheel-dir", str(dest), str(root)], capture_output=True, text=True)
+    (root / "build").mkdir(exist_ok=True)
+    with (root / "build" / ".wheel.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                               "--wheel-dir", str(dest), str(root)], capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"building the app wheel failed:\n{done.stderr[-2000:]}")
     wheels = sorted(dest.glob("edgecv_fleet-*.whl"))

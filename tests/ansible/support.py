@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from fleet.release.build import build_wheel
 from tests.ansible.hosts import CACHE, Lab
 
 REPO = Path(__file__).resolve().parents[2]
@@ -188,19 +189,7 @@ def build_wheelhouse(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for wheel in WHEEL_CACHE.glob("*.whl"):
         (dest / wheel.name).symlink_to(wheel)
-    pip_wheel = [
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        "-q",
-        "--no-deps",
-        "--no-build-isolation",
-        str(REPO),
-        "-w",
-        str(dest),
-    ]
-    subprocess.run(pip_wheel, check=True, capture_output=True)
+    build_wheel(dest)  # the release build's own, which takes turns with other builds of this tree
     return dest
 
 

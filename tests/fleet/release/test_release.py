@@ -96,3 +96,15 @@ def test_a_tampered_artifact_does_not_build_and_the_previous_context_stays(tmp_p
         build(root / "fleets/example-fleet.yaml", tmp_path / "ctx", wheel, root=root)
     assert "manifest.yaml" in str(err.value) and "artifact" in str(err.value)
     assert (tmp_path / "ctx" / "release.json").read_text() == "previous" and not list(tmp_path.glob(".ctx*"))
+
+
+@pytest.mark.slow
+def test_builds_of_one_source_tree_at_once_take_turns(tmp_path):
+    """Two builds at once (two xdist workers, or the Ansible suite's wheelhouse beside a release build) share
+    the tree's build/ directory: without turns one failed with "File exists: build/bdist...dist-info"."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(3) as pool:
+        wheels = list(pool.map(lambda i: build_wheel(tmp_path / f"w{i}"), range(3)))
+    assert [w.name for w in wheels] == ["edgecv_fleet-0.1.0-py3-none-any.whl"] * 3
+    assert all(w.stat().st_size > 0 for w in wheels)
