@@ -236,6 +236,10 @@ def fleet_path(tmp_path_factory):
         parts.append(agent.start())
         assert wait_for(central.url, f'edgecv_device_memory_used_bytes{{device="{DEVICE}"}}', timeout=30), (
             f"nothing arrived\nagent log:\n{agent.log_tail()}")
+        # and every target's first scrape (node-exporter's can come seconds later on a loaded machine): the
+        # tests read `up` per job.
+        assert wait_for(central.url, f'count(up{{device="{DEVICE}"}}) == 3', timeout=30), (
+            f"not every target's up arrived\nagent log:\n{agent.log_tail()}")
         yield {"central": central, "proxy": proxy, "agent": agent, "hook": hook, "metrics": metrics, "ports": ports,
                "env": env, "tmp": tmp, "server": server, "feeder": feeder}
     finally:
