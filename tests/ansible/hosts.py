@@ -393,9 +393,10 @@ def _nspawns(prefix: str) -> dict[int, str]:
 
 
 def _kill_container(nspawn: int) -> None:
-    """SIGKILL a container's PID 1 (its PID namespace dies with it), then its nspawn. A host rebooted during a
-    run can be left outside its cgroup and its wrapper (nspawn reparented to init): the cgroup sweep misses it,
-    and its Triton and app would load the machine for the rest of the test session."""
+    """SIGKILL a container's PID 1 (its PID namespace dies with it), then its nspawn. Where nspawn moves itself
+    to /supervisor at the cgroup root (seen on the CI machine), the cgroup sweep finds nothing of the host; a
+    container slower than 20 s to power off then outlived its killed wrapper, its Triton and app loading the
+    machine for the rest of the test session."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
             if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == nspawn:  # field 4, ppid
