@@ -13,9 +13,10 @@ Every call to Triton has a deadline (gRPC client_timeout; the HTTP client's conn
 timeouts): inference takes request_timeout_s, the control calls (model ready, shared-memory register and
 unregister) take control_timeout_s, so a frozen server (SIGSTOP) can hold neither start-up nor shutdown.
 
-Triton going away (restart, crash): failed requests come back as errors (the pipeline drops and counts the
-frames), `ready` turns False (health degraded) and a monitor thread polls until the model is ready again,
-then re-registers the shared memory (a new server knows nothing of it) and turns `ready` back on.
+Triton going away (restart, crash, a freeze): failed requests come back as errors (the pipeline drops and
+counts the frames), `ready` turns False (health degraded) and a monitor thread polls until the model is ready
+again, then registers the shared memory the server lacks (a new server knows nothing of it; a thawed one
+still holds it and is left alone) and turns `ready` back on.
 """
 
 from __future__ import annotations
@@ -350,15 +351,25 @@ class TritonInfer:
                 client.close()
 
     def _register(self) -> None:
+        """Register the regions the server does not hold as ours. A region it still holds is left alone:
+        a request that timed out on our side may still be executing there, and Triton (2.45 at least) unmaps
+        an unregistered region under it (SIGSEGV in the Python backend, seen after a SIGSTOP/SIGCONT)."""
         client = self._client()
         deadline = self._deadline(self.control_timeout_s)
+        held = self._registered_regions(client)
         for name, key, size, _ in self._regions:
-            try:
+            if held.get(name) == (key, size):
+                continue
+            if name in held:  # same name, other key or size: not ours to use as it is
                 client.unregister_system_shared_memory(name, **deadline)
-            except InferenceServerException as exc:
-                if _kind(exc) == "timeout":
-                    raise
             client.register_system_shared_memory(name, key, size, **deadline)
+
+    def _registered_regions(self, client) -> dict[str, tuple[str, int]]:
+        """name -> (key, byte size) of the system shared memory regions the server has registered."""
+        status = client.get_system_shared_memory_status(**self._deadline(self.control_timeout_s))
+        if self.protocol == "grpc":
+            return {name: (r.key, int(r.byte_size)) for name, r in status.regions.items()}
+        return {r["name"]: (r["key"], int(r["byte_size"])) for r in status}
 
     def _failed(self, exc: Exception) -> None:
         self.errors += 1
