@@ -21,6 +21,8 @@ INVENTORY = {
     "site_id": "depot-north", "inference_app_site_cameras": {"gate": {"url": "rtsp://10.0.0.21:554/s", "fps": 5}},
     "inference_app_camera_ids": ["gate"], "inventory_hostname": "jetson-north-01",
     "inference_app_model": {"name": "nanodet-m"}, "edgecv_wheelhouse_url": "https://wheels/", "edgecv_model_manifest": "m",
+    # the fact jetson_facts' metrics_address.yml sets for metrics_listen_interface "lo" (the default)
+    "jetson_metrics_listen_address": "127.0.0.1",
 }  # fmt: skip
 
 
@@ -49,11 +51,9 @@ def test_8883_without_a_ca_uses_the_system_store_and_1883_stays_plain():
     assert plain["tls"] is False and not MqttConfig.model_validate(plain).use_tls
 
 
-def test_status_server_binds_loopback_unless_the_inventory_names_an_interface():
+def test_status_server_binds_the_address_metrics_listen_on():
     assert app_config()["metrics"] == {"host": "127.0.0.1", "port": 9108}
-    facts = {"eth_site": {"ipv4": {"address": "10.20.0.11"}}}
-    cfg = app_config(metrics_listen_interface="eth-site", ansible_facts=facts)
-    assert cfg["metrics"]["host"] == "10.20.0.11"
+    assert app_config(jetson_metrics_listen_address="10.20.0.11")["metrics"]["host"] == "10.20.0.11"
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")

@@ -79,8 +79,7 @@ def test_the_agent_scrapes_node_exporter_triton_and_the_app_where_they_listen():
         return {job["job_name"]: job["static_configs"][0]["targets"] for job in cfg["scrape_configs"]}
 
     assert targets() == {"node": ["127.0.0.1:9100"], "edgecv-app": ["127.0.0.1:9108"], "triton": ["127.0.0.1:8002"]}
-    ip = {"stdout": "3: host0    inet 10.231.7.12/24 brd 10.231.7.255 scope global host0\\       valid_lft forever"}
-    assert targets(metrics_listen_interface="host0", telemetry_listen_interface_ip=ip) == {
+    assert targets(jetson_metrics_listen_address="10.231.7.12") == {
         "node": ["10.231.7.12:9100"], "edgecv-app": ["10.231.7.12:9108"], "triton": ["10.231.7.12:8002"]}
 
 
@@ -94,7 +93,8 @@ def agent_config(remote_write_url: str, sigv4: bool, ports: dict[str, int], scra
                   telemetry_scrape_interval=scrape_interval, telemetry_remote_write_batch_deadline="1s",
                   telemetry_external_labels={"site": SITE, "device": device},
                   telemetry_node_exporter_port=ports["node"], telemetry_app_metrics_port=ports["app"],
-                  telemetry_triton_metrics_port=ports["triton"], **variables)
+                  telemetry_triton_metrics_port=ports["triton"],
+                  **{"jetson_metrics_listen_address": "127.0.0.1", **variables})
 
 
 def central_config(rules_dir: Path, alertmanager_port: int) -> str:
