@@ -238,10 +238,17 @@ def test_nvidia_apt_source_is_the_stock_file_for_the_device_l4t(infra, name):
             ["-e", "jetpack_nvpmodel_mod=MAXN"],
             "jetpack_nvpmodel_mod: not an option of role jetpack",
         ),
+        # ... in every role: a leftover of a removed option, here telemetry's old per-role interface.
+        (
+            "telemetry.yml",
+            "jetson-north-02",
+            ["-e", "telemetry_metrics_listen_interface=eth0"],
+            "telemetry_metrics_listen_interface: not an option of role telemetry",
+        ),
         # The inventory says one module, the device tree another.
         ("jetpack.yml", "jetson-south-01", ["-e", "jetson_module=agx-orin"], "the device tree says"),
     ],
-    ids=["jetpack5", "triton-container-r36.4", "tarball-sha256", "misspelled", "wrong-module"],
+    ids=["jetpack5", "triton-container-r36.4", "tarball-sha256", "misspelled", "leftover-option", "wrong-module"],
 )
 def test_refused_before_anything_changes(ansible, converged, infra, playbook, host, args, message):
     infra[host].run(
