@@ -356,7 +356,7 @@ class TritonInfer:
         an unregistered region under it (SIGSEGV in the Python backend, seen after a SIGSTOP/SIGCONT)."""
         client = self._client()
         deadline = self._deadline(self.control_timeout_s)
-        held = self._registered_regions(client)
+        held = self._registered_regions(client, deadline)
         for name, key, size, _ in self._regions:
             if held.get(name) == (key, size):
                 continue
@@ -364,9 +364,9 @@ class TritonInfer:
                 client.unregister_system_shared_memory(name, **deadline)
             client.register_system_shared_memory(name, key, size, **deadline)
 
-    def _registered_regions(self, client) -> dict[str, tuple[str, int]]:
+    def _registered_regions(self, client, deadline: dict) -> dict[str, tuple[str, int]]:
         """name -> (key, byte size) of the system shared memory regions the server has registered."""
-        status = client.get_system_shared_memory_status(**self._deadline(self.control_timeout_s))
+        status = client.get_system_shared_memory_status(**deadline)
         if self.protocol == "grpc":
             return {name: (r.key, int(r.byte_size)) for name, r in status.regions.items()}
         return {r["name"]: (r["key"], int(r["byte_size"])) for r in status}
